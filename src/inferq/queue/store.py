@@ -1,0 +1,157 @@
+"""The job store: where a job's record lives, and how its changes are announced.
+
+One interface, three implementations chosen by URL (``create_store``):
+
+* ``redis://``      -- ``RedisJobStore`` (``queue/redis_store.py``): one JSON value per job,
+  transitions in Lua, changes announced on a pub/sub channel.
+* ``postgresql://`` -- ``SqlJobStore`` (``queue/sql_store.py``): one row per job,
+  transitions as conditional UPDATEs, changes announced with NOTIFY.
+* ``sqlite:///``    -- ``SqlJobStore`` too; changes announced by datagrams on Unix
+  sockets in a folder beside the database (every API process binds one).
+
+Rules every implementation keeps (and ``tests/unit/test_store_contract.py`` checks):
+
+* a read returns status, output and error from one atomic read, never a torn state;
+* the first terminal write wins; a later ``finish`` returns False and changes nothing;
+* ``cancel`` moves a queued or running job to ``canceled``; a terminal one raises JobConflict;
+* finished jobs expire ``result_ttl_s`` after they end; an expired job is JobNotFound;
+* every transition is announced to ``JobEvents`` subscribers *after* it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from inferq.schemas import Job, JobError, JobMetrics, JobPage, JobStatus, WorkerInfo
+
+
+class JobStore(ABC):
+    """The durable record of every job. Synchronous: the API calls it from a thread pool."""
+
+    @abstractmethod
+    def create(self, job: Job, owner: str | None = None) -> None:
+        """Write a new job (status ``queued``). Raises StoreUnavailable if unreachable."""
+
+    @abstractmethod
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, read atomically. JobNotFound if unknown, expired, or owned by another."""
+
+    @abstractmethod
+    def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
+        """Mark the job ``running`` on ``worker``; from ``queued`` or ``running`` (redelivery).
+
+        Returns the job, or None when it is terminal (canceled before it ran, or already
+        finished by an earlier delivery): the worker then skips it. JobNotFound if unknown.
+        """
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        output: Any = None,
+        error: JobError | None = None,
+        metrics: JobMetrics | None = None,
+        finished_at: datetime,
+    ) -> bool:
+        """Write the terminal state. True if this call wrote it, False if one already was."""
+
+    @abstractmethod
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued or running job. JobConflict if it is terminal already."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Remove a job record (used when the broker refused the job it was made for)."""
+
+    @abstractmethod
+    def list(
+        self,
+        *,
+        model: str | None = None,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+
+    @abstractmethod
+    def heartbeat(self, worker: WorkerInfo, ttl_s: float) -> None:
+        """Record that a worker is alive and serving its models, for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat has not run out."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    @abstractmethod
+    def create_events(self) -> JobEvents:
+        """A new listener for job changes, for one API process (start it in the event loop)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class JobEvents(ABC):
+    """Announcements of job changes, fanned out to asyncio waiters in one process.
+
+    One connection per process listens (Redis SUBSCRIBE, PostgreSQL LISTEN, a Unix
+    datagram socket); every ``subscribe`` gets the ids of changed jobs through a queue.
+    To wait without a race: subscribe first, then read the job, then wait.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Queue[str]]] = {}
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and start listening. Returns once announcements will be received."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+
+    def dispatch(self, job_id: str, status: str) -> None:
+        """Hand one announcement to the waiters of ``job_id`` (called by the listener)."""
+        for queue in self._waiters.get(job_id, ()):
+            queue.put_nowait(status)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[str]]:
+        """A queue that receives the new status each time ``job_id`` changes."""
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._waiters.setdefault(job_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(queue)
+                if not waiters:
+                    del self._waiters[job_id]
+
+
+def create_store(url: str, *, namespace: str, result_ttl_s: int) -> JobStore:
+    """The store for ``url``: ``redis://``, ``postgresql://`` or ``sqlite:///``."""
+    from inferq.errors import ConfigError
+
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from inferq.queue.redis_store import RedisJobStore
+
+        return RedisJobStore(url, namespace=namespace, result_ttl_s=result_ttl_s)
+    if scheme.startswith("postgres") or scheme.startswith("sqlite"):
+        from inferq.queue.sql_store import SqlJobStore
+
+        return SqlJobStore(url, namespace=namespace, result_ttl_s=result_ttl_s)
+    raise ConfigError(f"unsupported result store URL {url!r}: use redis://, postgresql:// or sqlite:///")
