@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
+import time
+import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -16,6 +19,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
+
+
+def new_job_id() -> str:
+    """A new job id: a UUIDv7 (RFC 9562), so ids sort by creation time.
+
+    Listing newest-first and cursor pagination rely on that order.
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & (2**62 - 1))
+    return str(uuid.UUID(int=value))
 
 
 class JobStatus(StrEnum):
