@@ -1,0 +1,306 @@
+"""``create_app(settings)``: the FastAPI application of inferq.
+
+Every store and broker call is synchronous and runs in the thread pool; waiting for a
+job (``Prefer: wait``, ``?wait=``, SSE) holds no thread: it awaits the store's change
+announcements (Redis pub/sub, PostgreSQL LISTEN, Unix datagrams for SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from inferq.api import problems
+from inferq.api.inputs import read_submission, summarize
+from inferq.api.limits import BodyLimitMiddleware
+from inferq.config import Settings
+from inferq.errors import ModelNotFound, ServiceUnavailable
+from inferq.queue.broker import Broker
+from inferq.queue.store import JobEvents, JobStore, create_store
+from inferq.registry import ModelSpec, discover
+from inferq.schemas import Job, JobPage, JobStatus, ModelInfo, new_job_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How often a waiter re-reads the job even without an announcement: a safety net for an
+#: announcement lost while the listener reconnects, not the way waiting works.
+SAFETY_RECHECK_S = 5.0
+SSE_KEEPALIVE_S = 15.0
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.I)
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class Services:
+    """What the routes need: settings, models, the store and its events, the broker."""
+
+    def __init__(
+        self, settings: Settings, specs: dict[str, ModelSpec], store: JobStore, broker: Broker
+    ) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.store = store
+        self.broker = broker
+        self.events: JobEvents | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store/broker call in the thread pool."""
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    def spec(self, name: str) -> ModelSpec:
+        """The served model ``name``, or ModelNotFound."""
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    async def wait_terminal(self, job_id: str, timeout_s: float) -> Job:
+        """The job once terminal, or as it is after ``timeout_s``. Woken by announcements."""
+        deadline = time.monotonic() + timeout_s
+        assert self.events is not None
+        async with self.events.subscribe(job_id) as changes:
+            job = await self.call(self.store.get, job_id)  # after subscribing: no lost wake-up
+            while not job.status.is_terminal():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changes.get(), min(remaining, SAFETY_RECHECK_S))
+                job = await self.call(self.store.get, job_id)
+        return job
+
+
+def _model_info(services: Services, spec: ModelSpec, online: int) -> ModelInfo:
+    return ModelInfo(
+        name=spec.name,
+        description=spec.description,
+        input_schema=spec.input_type.model_json_schema(),
+        output_schema=spec.output_type.model_json_schema(),
+        max_batch_size=spec.max_batch_size,
+        batch_timeout_s=spec.batch_timeout_s,
+        workers_online=online,
+    )
+
+
+def _job_response(job: Job, status_code: int, **headers: str) -> JSONResponse:
+    return JSONResponse(job.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    specs: dict[str, ModelSpec] | None = None,
+    store: JobStore | None = None,
+    broker: Broker | None = None,
+) -> FastAPI:
+    """The API app. Store and broker are made from ``settings`` unless given (tests)."""
+    settings = settings or Settings()
+    if settings.embedded:
+        settings.ensure_home()
+    specs = specs if specs is not None else discover(settings.config_file)
+    store = store or create_store(
+        settings.result_url, namespace=settings.namespace, result_ttl_s=settings.result_ttl_s
+    )
+    broker = broker or Broker(settings, list(specs))
+    services = Services(settings, specs, store, broker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.events = store.create_events()
+        await services.events.start()
+        try:
+            yield
+        finally:
+            await services.events.stop()
+            await run_in_threadpool(broker.close)
+            await run_in_threadpool(store.close)
+
+    app = FastAPI(
+        title="inferq",
+        version="1",
+        description="Submit inference jobs, wait for them (long-poll, SSE), read results.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    problems.install(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """The broker and the job store answer; 503 otherwise."""
+        checks: dict[str, str] = {}
+        for name, ping in (("broker", broker.ping), ("store", store.ping)):
+            try:
+                await services.call(ping)
+                checks[name] = "ok"
+            except ServiceUnavailable as exc:
+                checks[name] = str(exc)
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ready", "checks": checks})
+        return problems.problem(
+            503, "service-unavailable", "Service unavailable",
+            "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok"),
+            headers={"Retry-After": "5"}, checks=checks,
+        )
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models() -> dict[str, list[ModelInfo]]:
+        """Every served model, with its schemas, batching knobs and workers online."""
+        workers = await services.call(store.workers)
+        return {"models": [
+            _model_info(services, s, sum(1 for w in workers if s.name in w.models))
+            for s in specs.values()
+        ]}
+
+    @app.get("/v1/models/{model}", tags=["models"])
+    async def get_model(model: str) -> ModelInfo:
+        """One served model."""
+        spec = services.spec(model)
+        workers = await services.call(store.workers)
+        return _model_info(services, spec, sum(1 for w in workers if model in w.models))
+
+    @app.post(
+        "/v1/models/{model}/jobs",
+        tags=["jobs"],
+        status_code=202,
+        response_model=Job,
+        responses={200: {"model": Job, "description": "Finished within Prefer: wait"}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "object", "required": ["input"],
+                "properties": {"input": {"type": "object"},
+                               "webhook": {"type": "string", "format": "uri"},
+                               "webhook_events": {"type": "array", "items": {
+                                   "type": "string", "enum": ["start", "completed"]}}}}},
+            "multipart/form-data": {"schema": {"type": "object"}},
+        }}},
+    )
+    async def submit(model: str, request: Request) -> JSONResponse:
+        """Submit a job. 202 with the job; ``Prefer: wait=N`` waits up to N s for the result."""
+        spec = services.spec(model)
+        sub = await read_submission(request, spec)
+        job = Job(
+            id=new_job_id(), model=model, status=JobStatus.QUEUED,
+            input=summarize(sub.input), created_at=datetime.now(UTC),
+            webhook=sub.webhook, webhook_events=sub.webhook_events if sub.webhook else [],
+        )
+        payload = sub.input.model_dump(mode="json")
+        await services.call(store.create, job)
+        try:
+            await services.call(broker.publish, job.id, model, payload)
+        except ServiceUnavailable:
+            # Not accepted: the record must not linger as a job that will never run.
+            with contextlib.suppress(ServiceUnavailable):
+                await services.call(store.delete, job.id)
+            raise
+        location = f"/v1/jobs/{job.id}"
+        wait_s = _prefer_wait(request.headers.get("prefer"), settings.max_wait_s)
+        if wait_s is not None:
+            job = await services.wait_terminal(job.id, wait_s)
+            code = 200 if job.status.is_terminal() else 202
+            return _job_response(job, code, Location=location,
+                                 **{"Preference-Applied": f"wait={wait_s:g}"})
+        return _job_response(job, 202, Location=location)
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    async def list_jobs(
+        model: str | None = None,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs, newest first; follow ``next_cursor`` for the next page."""
+        return await services.call(
+            store.list, model=model, status=status, limit=limit, cursor=cursor
+        )
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(
+        job_id: str, wait: Annotated[float, Query(ge=0, le=60)] = 0
+    ) -> Job:
+        """A job. ``?wait=N`` holds the request until it is terminal or N s pass."""
+        if wait > 0:
+            return await services.wait_terminal(job_id, min(wait, settings.max_wait_s))
+        return await services.call(store.get, job_id)
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel_job(job_id: str) -> Job:
+        """Cancel a queued (or running) job; 409 if it is already terminal."""
+        return await services.call(store.cancel, job_id)
+
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        tags=["jobs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: the job now, then one event per change, ending when terminal."""
+        await services.call(store.get, job_id)  # 404 before the stream starts
+        return StreamingResponse(
+            _sse(services, job_id, request), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():
+        app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> Response:
+            return Response(status_code=307, headers={"Location": "/ui/"})
+
+    return app
+
+
+def _prefer_wait(header: str | None, cap_s: float) -> float | None:
+    if not header:
+        return None
+    match = _PREFER_WAIT.search(header)
+    if match is None:
+        return None
+    return min(float(match.group(1)), cap_s)
+
+
+def _sse_event(job: Job) -> bytes:
+    return f"event: {job.status.value}\ndata: {job.model_dump_json()}\n\n".encode()
+
+
+async def _sse(services: Services, job_id: str, request: Request) -> AsyncIterator[bytes]:
+    assert services.events is not None
+    async with services.events.subscribe(job_id) as changes:
+        job = await services.call(services.store.get, job_id)
+        yield _sse_event(job)
+        last = job.status
+        quiet_s = 0.0
+        while not job.status.is_terminal():
+            if await request.is_disconnected():
+                return
+            try:
+                await asyncio.wait_for(changes.get(), SAFETY_RECHECK_S)
+                quiet_s = 0.0
+            except TimeoutError:
+                quiet_s += SAFETY_RECHECK_S
+                if quiet_s >= SSE_KEEPALIVE_S:
+                    quiet_s = 0.0
+                    yield b": keep-alive\n\n"
+            job = await services.call(services.store.get, job_id)
+            if job.status != last:
+                last = job.status
+                yield _sse_event(job)
+

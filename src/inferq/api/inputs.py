@@ -1,0 +1,149 @@
+"""Reading a submit request: JSON or multipart, validated against the model's Input.
+
+Nothing here talks to the broker: a request that fails here is never enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from inferq.api.problems import field_errors
+from inferq.errors import InvalidInput, UnsupportedMediaType
+from inferq.registry import ModelSpec
+from inferq.schemas import Image, SubmitRequest, WebhookEvent
+
+#: Multipart parts that are not input fields.
+RESERVED_PARTS = ("webhook", "webhook_events")
+_SUMMARY_STR = 256
+_SUMMARY_ITEMS = 20
+
+
+class Submission(BaseModel):
+    """A submit request, read and checked."""
+
+    input: BaseModel
+    webhook: str | None = None
+    webhook_events: list[WebhookEvent] = ["completed"]
+
+
+def validate_input(spec: ModelSpec, data: Any) -> BaseModel:
+    """``data`` as the model's Input, or InvalidInput / UnsupportedMediaType naming fields."""
+    if not isinstance(data, dict):
+        raise InvalidInput("input must be a JSON object", [{"field": "input",
+                                                            "message": "must be an object"}])
+    try:
+        return spec.input_type.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(), ("input",))
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        if any(e["type"] == "not_an_image" for e in exc.errors()):
+            raise UnsupportedMediaType(detail, errors) from None
+        raise InvalidInput(detail, errors) from None
+
+
+def _check_webhook(url: str | None) -> str | None:
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("webhook must be an http(s) URL",
+                           [{"field": "webhook", "message": "must be an http(s) URL"}])
+    return url
+
+
+async def read_submission(request: Request, spec: ModelSpec) -> Submission:
+    """Parse and validate the body of ``POST /v1/models/{model}/jobs``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"the body is not valid JSON: {exc}",
+                               [{"field": "(body)", "message": "invalid JSON"}]) from None
+        try:
+            req = SubmitRequest.model_validate(body)
+        except ValidationError as exc:
+            errors = field_errors(exc.errors())
+            raise InvalidInput("; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                               errors) from None
+        return Submission(input=validate_input(spec, req.input),
+                          webhook=_check_webhook(req.webhook),
+                          webhook_events=req.webhook_events)
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, spec)
+    raise UnsupportedMediaType(
+        f"send application/json or multipart/form-data, not {content_type or 'nothing'!r}",
+        [{"field": "(body)", "message": "unsupported Content-Type"}],
+    )
+
+
+async def _read_multipart(request: Request, spec: ModelSpec) -> Submission:
+    properties = spec.input_type.model_json_schema().get("properties", {})
+    try:
+        form = await request.form(max_files=32, max_fields=256)
+    except Exception as exc:  # noqa: BLE001 - the multipart parser raises several types
+        raise InvalidInput(f"the multipart body cannot be read: {exc}",
+                           [{"field": "(body)", "message": "invalid multipart body"}]) from None
+    data: dict[str, Any] = {}
+    webhook: str | None = None
+    events: list[str] = ["completed"]
+    try:
+        for key, value in form.multi_items():
+            if key == "webhook" and isinstance(value, str):
+                webhook = value
+            elif key == "webhook_events" and isinstance(value, str):
+                events = [e.strip() for e in value.split(",") if e.strip()]
+            elif isinstance(value, UploadFile):
+                data[key] = await value.read()
+            else:
+                data[key] = _form_value(properties.get(key, {}), value)
+    finally:
+        await form.close()
+    try:
+        sub = Submission.model_validate(
+            {"input": validate_input(spec, data), "webhook": _check_webhook(webhook),
+             "webhook_events": events}
+        )
+    except ValidationError as exc:
+        errors = field_errors(exc.errors())
+        raise InvalidInput("; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                           errors) from None
+    return sub
+
+
+def _form_value(schema: dict[str, Any], value: str) -> Any:
+    # Form parts are strings; scalars are coerced by pydantic's lax mode, but objects and
+    # arrays arrive as JSON text.
+    if schema.get("type") in ("object", "array"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def summarize(value: Any) -> Any:
+    """What a job record keeps of an input: images described, long values shortened."""
+    if isinstance(value, Image):
+        return value.summary()
+    if isinstance(value, BaseModel):
+        return {k: summarize(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): summarize(v) for k, v in list(value.items())[:_SUMMARY_ITEMS]}
+    if isinstance(value, list | tuple):
+        items = [summarize(v) for v in value[:_SUMMARY_ITEMS]]
+        if len(value) > _SUMMARY_ITEMS:
+            items.append(f"... {len(value) - _SUMMARY_ITEMS} more")
+        return items
+    if isinstance(value, str) and len(value) > _SUMMARY_STR:
+        return value[:_SUMMARY_STR] + f"... ({len(value)} chars)"
+    if isinstance(value, bytes):
+        return {"type": "bytes", "bytes": len(value)}
+    return value

@@ -1,0 +1,342 @@
+"""The ``inferq`` command: run the service (``serve``, ``api``, ``worker``) and use it
+(``submit``, ``get``, ``cancel``, ``jobs``, ``models``).
+
+Server commands import the server stack lazily, so the client commands start fast and
+work with only the client installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="inferq",
+    help="Serve machine-learning models asynchronously.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", envvar="INFERQ_URL", help="The API's base URL.", show_default=False),
+]
+ModelsOption = Annotated[
+    str | None,
+    typer.Option("--models", help="Comma-separated model names (default: every model found)."),
+]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _names(models: str | None) -> list[str]:
+    return [m.strip() for m in (models or "").split(",") if m.strip()]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default: $INFERQ_PORT or 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    models: ModelsOption = None,
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run everything in one command: the HTTP API and worker processes.
+
+    With no INFERQ_BROKER_URL / INFERQ_RESULT_URL it is fully embedded (SQLite broker and
+    store, blobs in a folder under INFERQ_HOME) and needs no server.
+    """
+    import uvicorn
+
+    from inferq.api import create_app
+    from inferq.config import Settings
+    from inferq.errors import InferqError
+    from inferq.registry import discover, select
+
+    _setup_logging(loglevel)
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["port"] = port
+    if host is not None:
+        overrides["host"] = host
+    settings = Settings(**overrides)
+    home = settings.ensure_home()
+    try:
+        specs = select(discover(settings.config_file), _names(models))
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    env = {
+        **os.environ,
+        "INFERQ_HOME": str(home),
+        "INFERQ_BROKER_URL": settings.broker_url,
+        "INFERQ_RESULT_URL": settings.result_url,
+        "INFERQ_BLOB_URL": settings.blob_url,
+        "INFERQ_NAMESPACE": settings.namespace,
+    }
+    if settings.config_file is not None:
+        env["INFERQ_CONFIG_FILE"] = str(Path(settings.config_file).resolve())
+    worker_cmd = [sys.executable, "-m", "inferq", "worker", "--models", ",".join(specs),
+                  "--loglevel", loglevel]
+    supervisor = _Supervisor(worker_cmd, env, workers)
+    supervisor.start()
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"inferq is serving {', '.join(specs)} at {url}")
+    typer.echo(f"  web UI {url}/ui/   API docs {url}/docs   home {home}")
+    if settings.embedded:
+        typer.echo("  embedded mode: SQLite broker and job store, no API keys -- "
+                   "keep it on 127.0.0.1 or a trusted network")
+    try:
+        uvicorn.run(create_app(settings, specs=specs), host=settings.host, port=settings.port,
+                    log_level=loglevel.lower(), timeout_graceful_shutdown=5)
+    finally:
+        supervisor.stop()
+
+
+class _Supervisor:
+    """Keeps ``count`` worker processes running for ``inferq serve``; restarts the dead."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], count: int) -> None:
+        self.cmd, self.env, self.count = cmd, env, count
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="inferq-supervisor",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self.procs = [subprocess.Popen(self.cmd, env=self.env) for _ in range(self.count)]
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stop.is_set():
+                    logging.getLogger("inferq.serve").warning(
+                        "worker %d exited with %s; restarting it", proc.pid, proc.returncode)
+                    self.procs[i] = subprocess.Popen(self.cmd, env=self.env)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="Port (default: $INFERQ_PORT or 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the HTTP API alone (production: run workers as separate processes)."""
+    import uvicorn
+
+    from inferq.api import create_app
+    from inferq.config import Settings
+
+    _setup_logging(loglevel)
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["port"] = port
+    if host is not None:
+        overrides["host"] = host
+    settings = Settings(**overrides)
+    typer.echo(f"inferq API at http://{settings.host}:{settings.port}")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=loglevel.lower(), timeout_graceful_shutdown=5)
+
+
+@app.command()
+def worker(
+    models: ModelsOption = None,
+    pool: Annotated[str, typer.Option(help="solo (default) or threads.")] = "solo",
+    concurrency: Annotated[int, typer.Option(help="Threads, with --pool threads.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run a worker: load the models once, then consume their queues."""
+    from inferq.config import Settings
+    from inferq.errors import InferqError
+    from inferq.queue.tasks import run_worker
+    from inferq.registry import discover, select
+
+    _setup_logging(loglevel)
+    settings = Settings()
+    try:
+        specs = select(discover(settings.config_file), _names(models))
+        run_worker(settings, specs, pool=pool, concurrency=concurrency, device=device,
+                   loglevel=loglevel.upper())
+    except (InferqError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _client(url: str | None) -> Any:
+    from inferq.client import Client
+
+    return Client(base_url=url) if url else Client()
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _image_fields(client: Any, model: str) -> list[str]:
+    schema = client.model(model).input_schema
+    return [name for name, prop in schema.get("properties", {}).items()
+            if isinstance(prop, dict) and prop.get("x-inferq-image")]
+
+
+@app.command()
+def submit(
+    model: Annotated[str, typer.Argument(help="The model's name.")],
+    file: Annotated[list[str] | None, typer.Option(
+        "--file", "-f", help="Upload a file: PATH, or FIELD=PATH (repeatable).")] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="Input fields as a JSON object.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the result and print the output.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait at most.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Submit a job. Prints its id, or with --wait its output (exit 1 if it failed)."""
+    from inferq.errors import InferqError
+
+    try:
+        data: dict[str, Any] = json.loads(input) if input else {}
+    except ValueError as exc:
+        raise _fail(f"--input is not JSON: {exc}", 2) from exc
+    if not isinstance(data, dict):
+        raise _fail("--input must be a JSON object", 2)
+    try:
+        with _client(url) as client:
+            for spec in file or []:
+                field, sep, path = spec.partition("=")
+                if not sep:
+                    path, fields = spec, _image_fields(client, model)
+                    if len(fields) != 1:
+                        raise _fail(f"say which field the file is for: --file FIELD={spec} "
+                                    f"(image fields: {', '.join(fields) or 'none'})", 2)
+                    field = fields[0]
+                if not Path(path).is_file():
+                    raise _fail(f"no such file: {path}", 2)
+                data[field] = Path(path)
+            job = client.submit(model, data, wait=min(timeout or 60, 60) if wait else None)
+            if not wait:
+                typer.echo(job.id)
+                return
+            if not job.status.is_terminal():
+                job = client.wait(job.id, timeout=timeout)
+    except TimeoutError as exc:
+        raise _fail(f"the job did not finish within {timeout} s") from exc
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    _report(job)
+
+
+def _report(job: Any) -> None:
+    if job.status.value == "succeeded":
+        _print_json(job.output)
+        return
+    if job.error is not None:
+        raise _fail(f"job {job.id} {job.status.value}: {job.error.type}: {job.error.message}")
+    raise _fail(f"job {job.id} {job.status.value}")
+
+
+@app.command()
+def get(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    wait: Annotated[float, typer.Option(help="Wait up to this many seconds to finish.")] = 0,
+    url: UrlOption = None,
+) -> None:
+    """Print a job as JSON."""
+    from inferq.errors import InferqError
+
+    try:
+        with _client(url) as client:
+            job = client.wait(job_id, timeout=wait) if wait else client.get(job_id)
+    except TimeoutError:
+        with _client(url) as client:
+            job = client.get(job_id)
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    _print_json(job.model_dump(mode="json"))
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: UrlOption = None,
+) -> None:
+    """Cancel a queued job."""
+    from inferq.errors import InferqError
+
+    try:
+        with _client(url) as client:
+            job = client.cancel(job_id)
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{job.id} {job.status.value}")
+
+
+@app.command()
+def jobs(
+    model: Annotated[str | None, typer.Option(help="Only this model's jobs.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    url: UrlOption = None,
+) -> None:
+    """List jobs, newest first."""
+    from inferq.errors import InferqError
+
+    try:
+        with _client(url) as client:
+            page = client.list(model=model, status=status, limit=limit)
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    for job in page.jobs:
+        typer.echo(f"{job.id}  {job.model:<12} {job.status.value:<10} {job.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@app.command()
+def models(url: UrlOption = None) -> None:
+    """List the served models, their batching knobs and workers online."""
+    from inferq.errors import InferqError
+
+    try:
+        with _client(url) as client:
+            infos = client.models()
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    for info in infos:
+        typer.echo(f"{info.name:<14} workers={info.workers_online} "
+                   f"max_batch_size={info.max_batch_size} batch_timeout_s={info.batch_timeout_s:g}"
+                   f"  {info.description}")
+
+
+def main() -> None:
+    """Entry point of the ``inferq`` command."""
+    app()

@@ -1,0 +1,1 @@
+"""Models bundled with inferq. Each is light to import; frameworks load in ``setup()``."""

@@ -1,0 +1,65 @@
+"""The Celery app: JSON only, late acks, one durable queue per model.
+
+Celery moves the messages; inferq's own job store (not Celery's result backend) holds
+every job's state -- ``PENDING`` in Celery means "waiting or unknown", which a client
+must never be told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from inferq.config import Settings
+
+#: The one task name. Its arguments: ``(job_id, model, input)`` with ``input`` as JSON.
+PREDICT_TASK = "inferq.predict"
+
+
+def queue_name(namespace: str, model: str) -> str:
+    """The broker queue that carries the jobs of ``model``."""
+    return f"{namespace}.{model}"
+
+
+def _transport_options(broker_url: str) -> dict[str, Any]:
+    scheme = broker_url.split(":", 1)[0]
+    if scheme.startswith("amqp") or scheme == "pyamqp":
+        # Without publisher confirms a message can vanish after the API answered 202.
+        return {"confirm_publish": True}
+    if scheme.startswith("sqla"):
+        # The SQLAlchemy transport polls; the default of 1 s would add up to 1 s of latency.
+        return {"polling_interval": 0.02}
+    if scheme.startswith("redis"):
+        # Unacked messages come back after this long even while still running; keep it
+        # far above any hard time limit (PITFALLS: Redis visibility timeout).
+        return {"visibility_timeout": 6 * 3600}
+    return {}
+
+
+def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
+    """A Celery app for ``settings``, declaring a queue for each model named."""
+    app = Celery("inferq", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # Ack only after the result is stored; a killed worker's job comes back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_timeout_s,
+        broker_transport_options=_transport_options(settings.broker_url),
+        task_default_queue=f"{settings.namespace}.default",
+        task_queues=[Queue(queue_name(settings.namespace, m), durable=True) for m in models],
+        task_create_missing_queues=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app

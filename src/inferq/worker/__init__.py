@@ -1,0 +1,1 @@
+"""The worker side: load models once per process, run batches, record results."""
