@@ -11,9 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from inferq.config import Settings
+from inferq.queue import sqla_transport
+
+sqla_transport.install()
 
 #: The one task name. Its arguments: ``(job_id, model, input)`` with ``input`` as JSON.
 PREDICT_TASK = "inferq.predict"
@@ -42,6 +45,7 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
 def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
     """A Celery app for ``settings``, declaring a queue for each model named."""
     app = Celery("inferq", broker=settings.broker_url, set_as_current=False)
+    exchange = Exchange(settings.namespace, type="direct", durable=True)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -58,7 +62,13 @@ def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
         broker_connection_timeout=settings.broker_timeout_s,
         broker_transport_options=_transport_options(settings.broker_url),
         task_default_queue=f"{settings.namespace}.default",
-        task_queues=[Queue(queue_name(settings.namespace, m), durable=True) for m in models],
+        # Each queue bound by its own name: with one shared routing key, RabbitMQ would copy
+        # every job into every model's queue.
+        task_queues=[
+            Queue(queue_name(settings.namespace, m), exchange, routing_key=queue_name(
+                settings.namespace, m), durable=True)
+            for m in models
+        ],
         task_create_missing_queues=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
