@@ -41,7 +41,8 @@ def _delete_queues(amqp_url: str, namespace: str) -> None:
 def stack(request: pytest.FixtureRequest, amqp_url: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
     result_url = request.getfixturevalue("redis_url" if request.param == "redis" else "pg_url")
-    namespace = f"itest-{uuid.uuid4().hex[:8]}"
+    # Under the session's Redis namespace, so the redis_url fixture deletes its keys.
+    namespace = f"{request.getfixturevalue('redis_namespace')}-w{uuid.uuid4().hex[:6]}"
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
     setup_file = tmp / "setups.txt"
     port = free_port()

@@ -21,13 +21,25 @@ Rules every implementation keeps (and ``tests/unit/test_store_contract.py`` chec
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from inferq.schemas import Job, JobError, JobMetrics, JobPage, JobStatus, WorkerInfo
+
+#: How much longer than ``result_ttl_s`` a queued or running job is kept. A job the broker
+#: lost would otherwise stay "queued" forever; a week outlives any sane queue wait.
+PENDING_TTL_MARGIN_S = 7 * 24 * 3600
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 class JobStore(ABC):
@@ -87,7 +99,7 @@ class JobStore(ABC):
         """Record that a worker is alive and serving its models, for ``ttl_s`` seconds."""
 
     @abstractmethod
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         """Workers whose heartbeat has not run out."""
 
     @abstractmethod
@@ -125,6 +137,13 @@ class JobEvents(ABC):
         """Hand one announcement to the waiters of ``job_id`` (called by the listener)."""
         for queue in self._waiters.get(job_id, ()):
             queue.put_nowait(status)
+
+    def dispatch_message(self, message: bytes | str) -> None:
+        """Hand on one ``"{job_id} {status}"`` announcement as the listeners receive it."""
+        text = message.decode() if isinstance(message, bytes) else message
+        job_id, _, status = text.partition(" ")
+        if status:
+            self.dispatch(job_id, status)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[str]]:

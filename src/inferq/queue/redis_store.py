@@ -1,0 +1,524 @@
+"""The job store on Redis: one JSON value per job, transitions in Lua, pub/sub announcements.
+
+Keys, all under ``{namespace}:``:
+
+* ``job:{id}``            the whole record (the job and its owner) as one JSON string, so a
+  read is one GET and can never see status and result torn apart;
+* ``jobs``                every job, newest first by id (UUIDv7); members are
+  ``"{id} {json [model, owner]}"`` so a stale member can be removed from the other indexes
+  without its (expired) record;
+* ``jobs:model:{model}``  and ``jobs:owner:{owner}``: the ids of one model's / one owner's jobs;
+* ``worker:{id}``         a worker's heartbeat, expiring by itself; ``workers`` finds them
+  without a SCAN of the whole keyspace;
+* ``events``              the pub/sub channel, ``"{id} {status}"`` per transition.
+
+All index sorted sets have score 0 and are read by lex range, so a cursor is just the last id.
+
+Expiry: a queued or running job lives ``result_ttl_s + PENDING_TTL_MARGIN_S`` (refreshed on
+start); a terminal job expires ``result_ttl_s`` after it ends. Index entries of expired jobs
+are removed lazily, by listing and by a small sweep of the oldest entries every
+``_SWEEP_EVERY`` creates.
+
+Transitions are compare-and-set: Python reads the record, decides, and one Lua script writes
+the new value only if the stored one is still the one read (by SHA-1), sets the TTL and
+PUBLISHes in the same atomic step. The record is not decoded and re-encoded in Lua on
+purpose: Redis' cjson keeps only 14 significant digits of a float and turns ``[]`` into
+``{}``, which would silently change model outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from pydantic_core import to_jsonable_python
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from inferq.errors import JobConflict, JobNotFound, StoreUnavailable
+from inferq.queue.store import PENDING_TTL_MARGIN_S, JobEvents, JobStore, as_utc
+from inferq.schemas import (
+    TERMINAL_STATUSES,
+    Job,
+    JobError,
+    JobMetrics,
+    JobPage,
+    JobStatus,
+    WorkerInfo,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds to connect and to wait for one answer; a store that takes longer is "down".
+_SOCKET_TIMEOUT_S = 2.0
+#: A pooled connection idle this long is PINGed before use (catches a restarted server).
+_HEALTH_CHECK_INTERVAL_S = 30
+#: Index entries one ``list`` call may examine before it returns a (possibly short) page.
+_LIST_SCAN_BUDGET = 2000
+#: Sweep the oldest index entries once every this many creates in one process...
+_SWEEP_EVERY = 64
+#: ...looking at this many of them.
+_SWEEP_BATCH = 256
+#: A transition retried this often without winning is a bug, not contention.
+_MAX_CAS_ATTEMPTS = 50
+
+# Compare-and-set one job record. KEYS[1] the record; ARGV: SHA-1 of the value read, the new
+# value, its TTL in seconds, the channel, the announcement. Returns 0 when the record is gone,
+# 1 when it changed since it was read (the caller reads again), 2 when written. A value equal
+# to the new one counts as written: that is this very call retried after a lost reply.
+_CAS_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+if redis.sha1hex(cur) ~= ARGV[1] then
+  if cur == ARGV[2] then return 2 end
+  return 1
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 2
+"""
+_GONE, _CHANGED, _WRITTEN = 0, 1, 2
+
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Turn every way of not reaching Redis into StoreUnavailable."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"the Redis job store is unreachable: {exc}") from exc
+
+
+def _iso(value: datetime) -> str:
+    return as_utc(value).isoformat()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _job(record: dict[str, Any]) -> Job:
+    fields = {k: v for k, v in record.items() if k != "owner"}
+    return Job.model_validate(fields)
+
+
+class RedisJobStore(JobStore):
+    """Jobs in Redis, for many API and worker processes on many machines."""
+
+    def __init__(self, url: str, *, namespace: str, result_ttl_s: int) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.result_ttl_s = int(result_ttl_s)
+        self.pending_ttl_s = self.result_ttl_s + PENDING_TTL_MARGIN_S
+        self.channel = f"{namespace}:events"
+        # One quick retry re-dials a pooled connection a server restart closed; more would
+        # only make an outage slower to report.
+        self._pool = redis.ConnectionPool.from_url(
+            url,
+            socket_timeout=_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=_SOCKET_TIMEOUT_S,
+            health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._redis = redis.Redis(connection_pool=self._pool)
+        self._cas = self._redis.register_script(_CAS_SCRIPT)
+        self._creates = itertools.count(1)
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.namespace}:job:{job_id}"
+
+    def _all_index(self) -> str:
+        return f"{self.namespace}:jobs"
+
+    def _model_index(self, model: str) -> str:
+        return f"{self.namespace}:jobs:model:{model}"
+
+    def _owner_index(self, owner: str) -> str:
+        return f"{self.namespace}:jobs:owner:{owner}"
+
+    def _all_member(self, job_id: str, model: str, owner: str | None) -> str:
+        return f"{job_id} {json.dumps([model, owner])}"
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def create(self, job: Job, owner: str | None = None) -> None:
+        """Write a new job; JobConflict if its id exists already."""
+        record = job.model_dump(mode="json")
+        record["status"] = JobStatus.QUEUED.value
+        record["created_at"] = _iso(job.created_at)
+        record["owner"] = owner
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._job_key(job.id), json.dumps(record), nx=True, ex=self.pending_ttl_s)
+            pipe.zadd(self._all_index(), {self._all_member(job.id, job.model, owner): 0})
+            pipe.zadd(self._model_index(job.model), {job.id: 0})
+            if owner is not None:
+                pipe.zadd(self._owner_index(owner), {job.id: 0})
+            created = pipe.execute()[0]
+        if not created:
+            raise JobConflict(f"a job with id {job.id!r} exists already")
+        if next(self._creates) % _SWEEP_EVERY == 0:
+            self._sweep()
+
+    def _read(self, job_id: str) -> bytes | None:
+        with _unavailable():
+            return cast(bytes | None, self._redis.get(self._job_key(job_id)))
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job from one GET: status, output and error can never be torn apart."""
+        raw = self._read(job_id)
+        if raw is None:
+            raise JobNotFound(job_id)
+        record = json.loads(raw)
+        if owner is not None and record.get("owner") != owner:
+            raise JobNotFound(job_id)
+        return _job(record)
+
+    def _transition(
+        self,
+        job_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        ttl_s: int,
+    ) -> tuple[dict[str, Any], bool]:
+        """Apply ``change`` to the record atomically (compare-and-set, retried on a race).
+
+        ``change`` returns the new record, or None to write nothing. Returns the record as
+        written (or as found, when nothing was written) and whether this call wrote it.
+        """
+        key = self._job_key(job_id)
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            raw = self._read(job_id)
+            if raw is None:
+                raise JobNotFound(job_id)
+            record: dict[str, Any] = json.loads(raw)
+            new = change(record)
+            if new is None:
+                return record, False
+            value = json.dumps(new)
+            with _unavailable():
+                outcome = self._cas(
+                    keys=[key],
+                    args=[
+                        hashlib.sha1(raw).hexdigest(),
+                        value,
+                        ttl_s,
+                        self.channel,
+                        f"{job_id} {new['status']}",
+                    ],
+                )
+            if outcome == _WRITTEN:
+                return new, True
+            if outcome == _GONE:
+                raise JobNotFound(job_id)
+        raise RuntimeError(f"job {job_id!r} kept changing under {_MAX_CAS_ATTEMPTS} updates")
+
+    def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
+        """Mark the job running (from queued, or running on a redelivery); None if terminal."""
+
+        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+            if record["status"] not in _ACTIVE:
+                return None
+            return record | {
+                "status": JobStatus.RUNNING.value,
+                "worker": worker,
+                "started_at": _iso(started_at),
+            }
+
+        record, written = self._transition(job_id, change, self.pending_ttl_s)
+        return _job(record) if written else None
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        output: Any = None,
+        error: JobError | None = None,
+        metrics: JobMetrics | None = None,
+        finished_at: datetime,
+    ) -> bool:
+        """Write the terminal state unless one is written already (first write wins)."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"finish needs a terminal status, not {status!r}")
+
+        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+            if record["status"] not in _ACTIVE:
+                return None
+            new = record | {
+                "status": status.value,
+                "output": to_jsonable_python(output),
+                "error": error.model_dump(mode="json") if error is not None else None,
+                "finished_at": _iso(finished_at),
+            }
+            if metrics is not None:
+                new["metrics"] = metrics.model_dump(mode="json")
+            return new
+
+        return self._transition(job_id, change, self.result_ttl_s)[1]
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued or running job; JobConflict if it ended already."""
+
+        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+            if owner is not None and record.get("owner") != owner:
+                raise JobNotFound(job_id)
+            if record["status"] not in _ACTIVE:
+                raise JobConflict(f"job {job_id!r} is {record['status']} already")
+            return record | {
+                "status": JobStatus.CANCELED.value,
+                "finished_at": _iso(datetime.now(UTC)),
+            }
+
+        return _job(self._transition(job_id, change, self.result_ttl_s)[0])
+
+    def delete(self, job_id: str) -> None:
+        """Remove the record and its index entries; nothing happens if it is gone."""
+        raw = self._read(job_id)
+        if raw is None:
+            return
+        record = json.loads(raw)
+        model, owner = record["model"], record.get("owner")
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(self._job_key(job_id))
+            pipe.zrem(self._all_index(), self._all_member(job_id, model, owner))
+            pipe.zrem(self._model_index(model), job_id)
+            if owner is not None:
+                pipe.zrem(self._owner_index(owner), job_id)
+            pipe.execute()
+
+    # --- listing ----------------------------------------------------------------------------
+
+    def list(
+        self,
+        *,
+        model: str | None = None,
+        status: JobStatus | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered while scanning the narrowest index.
+
+        At most ``_LIST_SCAN_BUDGET`` entries are examined per call, so a rare status may
+        give a short (even empty) page whose ``next_cursor`` still goes on from where the
+        scan stopped; ``next_cursor`` is None only when the index is exhausted.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if owner is not None:
+            index = self._owner_index(owner)
+        elif model is not None:
+            index = self._model_index(model)
+        else:
+            index = self._all_index()
+        batch_size = min(max(limit + 1, 100), _LIST_SCAN_BUDGET)
+        upper = f"({cursor}" if cursor else "+"
+        matches: builtins.list[Job] = []
+        examined = 0
+        last_examined: str | None = None
+        while True:
+            with _unavailable():
+                members = [
+                    _text(m) for m in self._redis.zrevrangebylex(index, upper, "-", 0, batch_size)
+                ]
+                if not members:
+                    return JobPage(jobs=matches, next_cursor=None)
+                ids = [m.split(" ", 1)[0] for m in members]
+                raws = self._redis.mget([self._job_key(i) for i in ids])
+            stale: builtins.list[str] = []
+            for member, job_id, raw in zip(members, ids, raws, strict=True):
+                examined += 1
+                last_examined = job_id
+                if raw is None:
+                    stale.append(member)
+                    continue
+                record = json.loads(raw)
+                if owner is not None and record.get("owner") != owner:
+                    continue
+                if model is not None and record["model"] != model:
+                    continue
+                if status is not None and record["status"] != status.value:
+                    continue
+                matches.append(_job(record))
+                if len(matches) > limit:
+                    break
+            self._drop_stale(index, stale)
+            if len(matches) > limit:
+                return JobPage(jobs=matches[:limit], next_cursor=matches[limit - 1].id)
+            if len(members) < batch_size:
+                return JobPage(jobs=matches, next_cursor=None)
+            if examined >= _LIST_SCAN_BUDGET:
+                return JobPage(jobs=matches, next_cursor=last_examined)
+            upper = f"({last_examined}"
+
+    def _drop_stale(self, index: str, members: builtins.list[str]) -> None:
+        """Remove index entries of expired jobs (from every index, when known)."""
+        if not members:
+            return
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(index, *members)
+            if index == self._all_index():
+                for member in members:
+                    job_id, tail = member.split(" ", 1)
+                    model, owner = json.loads(tail)
+                    pipe.zrem(self._model_index(model), job_id)
+                    if owner is not None:
+                        pipe.zrem(self._owner_index(owner), job_id)
+            pipe.execute()
+
+    def _sweep(self) -> None:
+        """Drop index entries of expired jobs among the oldest, where expiry happens first."""
+        with _unavailable():
+            members = [
+                _text(m)
+                for m in self._redis.zrangebylex(self._all_index(), "-", "+", 0, _SWEEP_BATCH)
+            ]
+            if not members:
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for member in members:
+                pipe.exists(self._job_key(member.split(" ", 1)[0]))
+            alive = pipe.execute()
+        self._drop_stale(
+            self._all_index(), [m for m, ok in zip(members, alive, strict=True) if not ok]
+        )
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, ttl_s: float) -> None:
+        """Record the worker for ``ttl_s`` seconds (its key expires by itself)."""
+        ttl_ms = max(1, int(ttl_s * 1000))
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(f"{self.namespace}:worker:{worker.id}", worker.model_dump_json(), px=ttl_ms)
+            pipe.zadd(f"{self.namespace}:workers", {worker.id: time.time() + ttl_s})
+            pipe.execute()
+
+    def workers(self) -> builtins.list[WorkerInfo]:
+        """Workers whose heartbeat key has not expired."""
+        roster = f"{self.namespace}:workers"
+        with _unavailable():
+            self._redis.zremrangebyscore(roster, "-inf", time.time())
+            ids = [_text(i) for i in self._redis.zrange(roster, 0, -1)]
+            if not ids:
+                return []
+            raws = self._redis.mget([f"{self.namespace}:worker:{i}" for i in ids])
+        return [WorkerInfo.model_validate_json(raw) for raw in raws if raw is not None]
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers within the socket timeout."""
+        with _unavailable():
+            self._redis.ping()
+
+    def create_events(self) -> RedisJobEvents:
+        """A pub/sub listener on this store's channel."""
+        return RedisJobEvents(self.url, self.channel)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._pool.disconnect()
+
+
+class RedisJobEvents(JobEvents):
+    """Job announcements from Redis pub/sub, re-subscribing by itself after a Redis restart.
+
+    Announcements published while the connection is down are lost: a waiter must not rely
+    on one arriving, and re-reads the job after a timeout.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__()
+        self._url = url
+        self._channel = channel
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribe; returns once Redis confirmed it. StoreUnavailable if it cannot."""
+        pubsub = await self._subscribe()
+        self._task = asyncio.create_task(self._listen(pubsub), name="inferq-redis-events")
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _subscribe(self) -> aioredis.client.PubSub:
+        client = aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=_SOCKET_TIMEOUT_S,
+            health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+            client_name=f"inferq-events:{self._channel}",  # findable in CLIENT LIST
+        )
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            deadline = time.monotonic() + 5 * _SOCKET_TIMEOUT_S
+            while time.monotonic() < deadline:
+                message = await pubsub.get_message(timeout=_SOCKET_TIMEOUT_S)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+            raise StoreUnavailable("Redis did not confirm the subscription to job events")
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            await self._close(pubsub)
+            raise StoreUnavailable(f"cannot subscribe to Redis job events: {exc}") from exc
+        except BaseException:
+            await self._close(pubsub)
+            raise
+
+    @staticmethod
+    async def _close(pubsub: aioredis.client.PubSub) -> None:
+        # The client behind it was made for this one subscription: close its pool too.
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            await pubsub.connection_pool.disconnect()
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        backoff_s = 0.1
+        try:
+            while True:
+                try:
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message["type"] == "message":
+                            self.dispatch_message(message["data"])
+                except (redis.RedisError, OSError) as exc:
+                    log.warning("lost the Redis job-events subscription (%s); reconnecting", exc)
+                await self._close(pubsub)
+                # Reconnect with capped exponential backoff until Redis is back.
+                while True:
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 5.0)
+                    try:
+                        pubsub = await self._subscribe()
+                    except StoreUnavailable:
+                        continue
+                    log.info("re-subscribed to Redis job events")
+                    backoff_s = 0.1
+                    break
+        finally:
+            await self._close(pubsub)
