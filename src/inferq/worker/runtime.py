@@ -158,7 +158,7 @@ class WorkerRuntime:
         inference_ms = _ms(time.perf_counter() - t0)
         finished_at = _now()
         for (job, _), output in zip(runnable, outputs, strict=True):
-            self.recorder.finish(
+            self._finish(
                 job.id,
                 JobStatus.SUCCEEDED,
                 output=output,
@@ -189,8 +189,14 @@ class WorkerRuntime:
         queue_ms = _ms((started_at - job.created_at).total_seconds())
         return JobMetrics(queue_ms=max(queue_ms, 0.0), inference_ms=inference_ms, batch_size=size)
 
+    def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        try:
+            self.recorder.finish(job_id, status, **fields)
+        except JobNotFound:
+            log.warning("job %s vanished from the store before it finished", job_id)
+
     def _fail(self, job: Job, error: JobError, started_at: datetime, size: int) -> None:
-        self.recorder.finish(
+        self._finish(
             job.id,
             JobStatus.FAILED,
             error=error,
