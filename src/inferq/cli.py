@@ -318,7 +318,8 @@ def jobs(
     except InferqError as exc:
         raise _fail(str(exc)) from exc
     for job in page.jobs:
-        typer.echo(f"{job.id}  {job.model:<12} {job.status.value:<10} {job.created_at:%Y-%m-%d %H:%M:%S}")
+        created = f"{job.created_at:%Y-%m-%d %H:%M:%S}"
+        typer.echo(f"{job.id}  {job.model:<12} {job.status.value:<10} {created}")
 
 
 @app.command()

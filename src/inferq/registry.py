@@ -75,7 +75,8 @@ def load_class(path: str) -> type[Model]:
         if not hasattr(obj, attr_name):
             raise ConfigError(f"model class {path!r} has no {attr_name!r}")
     for attr_name in ("Input", "Output"):
-        if not (isinstance(getattr(obj, attr_name), type) and issubclass(getattr(obj, attr_name), BaseModel)):
+        value = getattr(obj, attr_name)
+        if not (isinstance(value, type) and issubclass(value, BaseModel)):
             raise ConfigError(f"{path}.{attr_name} must be a pydantic BaseModel")
     return obj
 

@@ -66,6 +66,7 @@ class JobMetrics(BaseModel):
 
 
 WebhookEvent = Literal["start", "completed"]
+_DEFAULT_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
 
 
 class Job(BaseModel):
@@ -100,7 +101,7 @@ class SubmitRequest(BaseModel):
 
     input: dict[str, Any]
     webhook: str | None = None
-    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(_DEFAULT_EVENTS))
 
 
 class ModelInfo(BaseModel):

@@ -8,13 +8,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
+from tests.procs import ROOT, Proc, free_port, inferq_env, wait_until, workers_online
 
 from inferq.client import Client
-from tests.procs import ROOT, Proc, free_port, inferq_env, wait_until, workers_online
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 from kombu import Connection
+from tests.procs import Proc, free_port, inferq_env, wait_until, workers_online
 
 from inferq.client import Client
-from tests.procs import Proc, free_port, inferq_env, wait_until, workers_online
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import FIXTURE_CONFIG, png_bytes
 
 from inferq.api import create_app
 from inferq.config import Settings
@@ -21,7 +22,6 @@ from inferq.errors import BrokerUnavailable, StoreUnavailable
 from inferq.queue.store import create_store
 from inferq.registry import discover
 from inferq.worker.runtime import WorkerRuntime, WorkItem
-from tests.conftest import FIXTURE_CONFIG, png_bytes
 
 
 class FakeBroker:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from inferq.config import Settings
 from inferq.queue import sqla_transport
@@ -45,7 +45,7 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
 def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
     """A Celery app for ``settings``, declaring a queue for each model named."""
     app = Celery("inferq", broker=settings.broker_url, set_as_current=False)
-    exchange = Exchange(settings.namespace, type="direct", durable=True)
+    exchange = Exchange(settings.namespace, type="direct", durable=True)  # type: ignore[no-untyped-call]
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -65,8 +65,10 @@ def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
         # Each queue bound by its own name: with one shared routing key, RabbitMQ would copy
         # every job into every model's queue.
         task_queues=[
-            Queue(queue_name(settings.namespace, m), exchange, routing_key=queue_name(
-                settings.namespace, m), durable=True)
+            Queue(  # type: ignore[no-untyped-call]
+                queue_name(settings.namespace, m), exchange,
+                routing_key=queue_name(settings.namespace, m), durable=True,
+            )
             for m in models
         ],
         task_create_missing_queues=True,

@@ -30,7 +30,9 @@ POOLS = ("solo", "threads")
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Bind the ``inferq.predict`` task of ``app`` to ``runtime``."""
 
-    @app.task(name=PREDICT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(  # type: ignore[untyped-decorator]
+        name=PREDICT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True
+    )
     def predict(self: Task, job_id: str, model: str, input: dict[str, Any]) -> None:
         if model not in runtime.specs:
             log.error("job %s is for model %s, which this worker does not serve", job_id, model)

@@ -62,7 +62,7 @@ def pick_device(requested: str = "auto") -> str:
         return requested
     if "torch" not in sys.modules and importlib.util.find_spec("torch") is None:
         return "cpu"
-    import torch
+    import torch  # noqa: TID251 - only to ask whether a GPU is there
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -185,7 +185,9 @@ class WorkerRuntime:
             raise ModelError(f"{spec.name}.predict returned an invalid output: {exc}") from exc
 
     @staticmethod
-    def _metrics(job: Job, started_at: datetime, inference_ms: float | None, size: int) -> JobMetrics:
+    def _metrics(
+        job: Job, started_at: datetime, inference_ms: float | None, size: int
+    ) -> JobMetrics:
         queue_ms = _ms((started_at - job.created_at).total_seconds())
         return JobMetrics(queue_ms=max(queue_ms, 0.0), inference_ms=inference_ms, batch_size=size)
 
