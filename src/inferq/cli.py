@@ -174,23 +174,20 @@ def api(
 @app.command()
 def worker(
     models: ModelsOption = None,
-    pool: Annotated[str, typer.Option(help="solo (default) or threads.")] = "solo",
-    concurrency: Annotated[int, typer.Option(help="Threads, with --pool threads.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run a worker: load the models once, then consume their queues."""
+    """Run a worker: load the models once, then consume their queues in batches."""
     from inferq.config import Settings
     from inferq.errors import InferqError
-    from inferq.queue.tasks import run_worker
+    from inferq.queue.worker_main import run_worker
     from inferq.registry import discover, select
 
     _setup_logging(loglevel)
     settings = Settings()
     try:
         specs = select(discover(settings.config_file), _names(models))
-        run_worker(settings, specs, pool=pool, concurrency=concurrency, device=device,
-                   loglevel=loglevel.upper())
+        run_worker(settings, specs, device=device)
     except (InferqError, ValueError) as exc:
         raise _fail(str(exc)) from exc
 
@@ -336,6 +333,95 @@ def models(url: UrlOption = None) -> None:
         typer.echo(f"{info.name:<14} workers={info.workers_online} "
                    f"max_batch_size={info.max_batch_size} batch_timeout_s={info.batch_timeout_s:g}"
                    f"  {info.description}")
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="The model's name.")],
+    jobs: Annotated[int, typer.Option(help="How many jobs to run.")] = 1000,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Closed loop: this many clients, each waiting for its job before the next "
+        "(default 1).")] = None,
+    rate: Annotated[float | None, typer.Option(
+        help="Open loop: submit this many jobs per second whatever the service does.")] = None,
+    file: Annotated[list[str] | None, typer.Option(
+        "--file", "-f", help="An input file: PATH or FIELD=PATH (repeatable; jobs cycle "
+        "through them). Default for mnist: tests/data/digits/*.png.")] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="Input fields as a JSON object (merged into each input).")] = None,
+    wait: Annotated[float, typer.Option(
+        help="Seconds a job may take, from submit, before it counts as a timeout.")] = 30,
+    out: Annotated[Path | None, typer.Option(help="Write the figures as JSON here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    url: UrlOption = None,
+) -> None:
+    """Load-test a running service: throughput, latency percentiles, batch sizes, errors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inferq.bench import run_bench
+    from inferq.errors import InferqError
+
+    try:
+        base: dict[str, Any] = json.loads(input) if input else {}
+    except ValueError as exc:
+        raise _fail(f"--input is not JSON: {exc}", 2) from exc
+    if not isinstance(base, dict):
+        raise _fail("--input must be a JSON object", 2)
+    if concurrency is not None and rate is not None:
+        raise _fail("give --concurrency (closed loop) or --rate (open loop), not both", 2)
+    specs = list(file or [])
+    digits = Path("tests/data/digits")
+    if not specs and model == "mnist" and digits.is_dir():
+        specs = [str(p) for p in sorted(digits.glob("*.png"))]
+    inputs: list[dict[str, Any]] = []
+    try:
+        if specs:
+            with _client(url) as client:
+                fields = _image_fields(client, model)
+            for spec in specs:
+                field, sep, path = spec.partition("=")
+                if not sep:
+                    path = spec
+                    if len(fields) != 1:
+                        raise _fail(f"say which field the file is for: --file FIELD={spec} "
+                                    f"(image fields: {', '.join(fields) or 'none'})", 2)
+                    field = fields[0]
+                if not Path(path).is_file():
+                    raise _fail(f"no such file: {path}", 2)
+                inputs.append({**base, field: Path(path).read_bytes()})
+        else:
+            inputs.append(base)
+        with _client(url) as client:
+            base_url = client.base_url
+        report = run_bench(base_url, model, inputs, jobs=jobs, concurrency=concurrency,
+                           rate=rate, wait_s=wait, progress=progress)
+    except (InferqError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+    lat = report["latency_ms"]
+    table = Table(title=f"inferq bench {model}: {report['config']['mode']} loop, "
+                  f"{jobs} jobs", show_header=False)
+    rows = [
+        ("succeeded / failed", f"{report['succeeded']} / {report['failed']}"),
+        ("errors", ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "none"),
+        ("duration", f"{report['duration_s']:.2f} s"),
+        ("submitted/s", f"{report['submitted_per_s']}"),
+        ("completed/s", f"{report['completed_per_s']}"),
+        ("latency p50 / p90 / p99",
+         " / ".join("-" if lat[k] is None else f"{lat[k]:.1f}" for k in ("p50", "p90", "p99"))
+         + " ms"),
+        ("batch sizes", ", ".join(f"{k}: {v}" for k, v in report["batch_sizes"].items())
+         or "not reported"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(f"figures written to {out}")
+    if report["succeeded"] == 0:
+        raise typer.Exit(1)
 
 
 def main() -> None:

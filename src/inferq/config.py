@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=86_400, ge=1)
     max_wait_s: float = Field(default=60.0, ge=0)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_batch_inputs: int = Field(
+        default=1024, ge=1, description="Most items in one batch job ({\"inputs\": [...]})."
+    )
     broker_timeout_s: float = Field(default=3.0, gt=0)
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
 

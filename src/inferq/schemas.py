@@ -95,11 +95,13 @@ class JobPage(BaseModel):
 
 
 class SubmitRequest(BaseModel):
-    """The JSON body of ``POST /v1/models/{model}/jobs``."""
+    """The JSON body of ``POST /v1/models/{model}/jobs``: ``input``, or ``inputs`` for a
+    batch job whose output is the list of outputs in order."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: dict[str, Any]
+    input: dict[str, Any] | None = None
+    inputs: list[dict[str, Any]] | None = None
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(_DEFAULT_EVENTS))
 

@@ -28,14 +28,14 @@ class FakeBroker:
     """Collects published jobs; ``run`` hands them to a real WorkerRuntime."""
 
     def __init__(self) -> None:
-        self.published: list[tuple[str, str, dict[str, Any]]] = []
+        self.published: list[tuple[str, str, Any, bool]] = []
         self.down = False
         self.runtime: WorkerRuntime | None = None
 
-    def publish(self, job_id: str, model: str, input: dict[str, Any]) -> None:
+    def publish(self, job_id: str, model: str, input: Any, *, batch: bool = False) -> None:
         if self.down:
             raise BrokerUnavailable("the broker is unreachable: test")
-        self.published.append((job_id, model, input))
+        self.published.append((job_id, model, input, batch))
 
     def ping(self) -> None:
         if self.down:
@@ -45,8 +45,8 @@ class FakeBroker:
         """Run every published job, as a worker would."""
         assert self.runtime is not None
         while self.published:
-            job_id, model, input = self.published.pop(0)
-            self.runtime.run_batch(model, [WorkItem(job_id, input)])
+            job_id, model, input, batch = self.published.pop(0)
+            self.runtime.run_batch(model, [WorkItem(job_id, input, batch)])
 
     def close(self) -> None:
         pass
@@ -83,7 +83,7 @@ def test_submit_answers_202_with_location_and_enqueues(client: TestClient,
     job = r.json()
     assert job["status"] == "queued"
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
-    assert broker.published == [(job["id"], "echo", {"text": "hi", "repeat": 1})]
+    assert broker.published == [(job["id"], "echo", {"text": "hi", "repeat": 1}, False)]
     assert client.get(r.headers["location"]).json()["status"] == "queued"
 
 

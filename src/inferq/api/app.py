@@ -183,8 +183,9 @@ def create_app(
         response_model=Job,
         responses={200: {"model": Job, "description": "Finished within Prefer: wait"}},
         openapi_extra={"requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"type": "object", "required": ["input"],
+            "application/json": {"schema": {"type": "object",
                 "properties": {"input": {"type": "object"},
+                               "inputs": {"type": "array", "items": {"type": "object"}},
                                "webhook": {"type": "string", "format": "uri"},
                                "webhook_events": {"type": "array", "items": {
                                    "type": "string", "enum": ["start", "completed"]}}}}},
@@ -194,16 +195,20 @@ def create_app(
     async def submit(model: str, request: Request) -> JSONResponse:
         """Submit a job. 202 with the job; ``Prefer: wait=N`` waits up to N s for the result."""
         spec = services.spec(model)
-        sub = await read_submission(request, spec)
+        sub = await read_submission(request, spec, settings.max_batch_inputs)
+        batch = sub.inputs is not None
+        summary = ({"inputs": summarize(sub.inputs), "count": len(sub.inputs or [])}
+                   if batch else summarize(sub.input))
         job = Job(
             id=new_job_id(), model=model, status=JobStatus.QUEUED,
-            input=summarize(sub.input), created_at=datetime.now(UTC),
+            input=summary, created_at=datetime.now(UTC),
             webhook=sub.webhook, webhook_events=sub.webhook_events if sub.webhook else [],
         )
-        payload = sub.input.model_dump(mode="json")
+        payload: Any = ([i.model_dump(mode="json") for i in sub.inputs or []] if batch
+                        else sub.input.model_dump(mode="json") if sub.input else {})
         await services.call(store.create, job)
         try:
-            await services.call(broker.publish, job.id, model, payload)
+            await services.call(broker.publish, job.id, model, payload, batch=batch)
         except ServiceUnavailable:
             # Not accepted: the record must not linger as a job that will never run.
             with contextlib.suppress(ServiceUnavailable):

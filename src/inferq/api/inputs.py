@@ -25,22 +25,25 @@ _SUMMARY_ITEMS = 20
 
 
 class Submission(BaseModel):
-    """A submit request, read and checked."""
+    """A submit request, read and checked. A batch job has ``inputs`` instead of ``input``."""
 
-    input: BaseModel
+    input: BaseModel | None = None
+    inputs: list[BaseModel] | None = None
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = ["completed"]
 
 
-def validate_input(spec: ModelSpec, data: Any) -> BaseModel:
+def validate_input(spec: ModelSpec, data: Any, where: tuple[str | int, ...] = ("input",)
+                   ) -> BaseModel:
     """``data`` as the model's Input, or InvalidInput / UnsupportedMediaType naming fields."""
+    field = ".".join(map(str, where))
     if not isinstance(data, dict):
-        raise InvalidInput("input must be a JSON object", [{"field": "input",
-                                                            "message": "must be an object"}])
+        raise InvalidInput(f"{field} must be a JSON object",
+                           [{"field": field, "message": "must be an object"}])
     try:
         return spec.input_type.model_validate(data)
     except ValidationError as exc:
-        errors = field_errors(exc.errors(), ("input",))
+        errors = field_errors(exc.errors(), where)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         if any(e["type"] == "not_an_image" for e in exc.errors()):
             raise UnsupportedMediaType(detail, errors) from None
@@ -57,7 +60,25 @@ def _check_webhook(url: str | None) -> str | None:
     return url
 
 
-async def read_submission(request: Request, spec: ModelSpec) -> Submission:
+def _read_json_request(req: SubmitRequest, spec: ModelSpec, max_inputs: int) -> Submission:
+    webhook = _check_webhook(req.webhook)
+    if (req.input is None) == (req.inputs is None):
+        raise InvalidInput("give exactly one of input (one job) or inputs (a batch job)",
+                           [{"field": "input", "message": "give input or inputs"}])
+    if req.input is not None:
+        return Submission(input=validate_input(spec, req.input), webhook=webhook,
+                          webhook_events=req.webhook_events)
+    assert req.inputs is not None
+    if not 1 <= len(req.inputs) <= max_inputs:
+        raise InvalidInput(
+            f"inputs must hold 1 to {max_inputs} items, not {len(req.inputs)}",
+            [{"field": "inputs", "message": f"1 to {max_inputs} items"}],
+        )
+    items = [validate_input(spec, item, ("inputs", i)) for i, item in enumerate(req.inputs)]
+    return Submission(inputs=items, webhook=webhook, webhook_events=req.webhook_events)
+
+
+async def read_submission(request: Request, spec: ModelSpec, max_inputs: int) -> Submission:
     """Parse and validate the body of ``POST /v1/models/{model}/jobs``."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
@@ -73,9 +94,7 @@ async def read_submission(request: Request, spec: ModelSpec) -> Submission:
             errors = field_errors(exc.errors())
             raise InvalidInput("; ".join(f"{e['field']}: {e['message']}" for e in errors),
                                errors) from None
-        return Submission(input=validate_input(spec, req.input),
-                          webhook=_check_webhook(req.webhook),
-                          webhook_events=req.webhook_events)
+        return _read_json_request(req, spec, max_inputs)
     if content_type == "multipart/form-data":
         return await _read_multipart(request, spec)
     raise UnsupportedMediaType(

@@ -21,12 +21,16 @@ class Broker:
         self._settings = settings
         self._app = create_celery(settings, models)
 
-    def publish(self, job_id: str, model: str, input: dict[str, Any]) -> None:
-        """Send one job; returns once the broker has it (confirmed on RabbitMQ)."""
+    def publish(self, job_id: str, model: str, input: Any, *, batch: bool = False) -> None:
+        """Send one job; returns once the broker has it (confirmed on RabbitMQ).
+
+        ``input`` is the job's input as JSON, or for a batch job the list of inputs.
+        """
         try:
             self._app.send_task(
                 PREDICT_TASK,
                 args=[job_id, model, input],
+                kwargs={"batch": batch},
                 queue=queue_name(self._settings.namespace, model),
                 task_id=job_id,
                 retry=True,

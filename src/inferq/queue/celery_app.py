@@ -27,7 +27,17 @@ def queue_name(namespace: str, model: str) -> str:
     return f"{namespace}.{model}"
 
 
-def _transport_options(broker_url: str) -> dict[str, Any]:
+def model_queue(namespace: str, model: str) -> Queue:
+    """The durable queue of ``model``, bound to the namespace's direct exchange by its name.
+
+    With one shared routing key, RabbitMQ would copy every job into every model's queue.
+    """
+    name = queue_name(namespace, model)
+    exchange = Exchange(namespace, type="direct", durable=True)
+    return Queue(name, exchange, routing_key=name, durable=True)
+
+
+def transport_options(broker_url: str) -> dict[str, Any]:
     scheme = broker_url.split(":", 1)[0]
     if scheme.startswith("amqp") or scheme == "pyamqp":
         # Without publisher confirms a message can vanish after the API answered 202.
@@ -45,7 +55,6 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
 def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
     """A Celery app for ``settings``, declaring a queue for each model named."""
     app = Celery("inferq", broker=settings.broker_url, set_as_current=False)
-    exchange = Exchange(settings.namespace, type="direct", durable=True)  # type: ignore[no-untyped-call]
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -60,17 +69,10 @@ def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.broker_timeout_s,
-        broker_transport_options=_transport_options(settings.broker_url),
+        broker_transport_options=transport_options(settings.broker_url),
         task_default_queue=f"{settings.namespace}.default",
-        # Each queue bound by its own name: with one shared routing key, RabbitMQ would copy
-        # every job into every model's queue.
-        task_queues=[
-            Queue(  # type: ignore[no-untyped-call]
-                queue_name(settings.namespace, m), exchange,
-                routing_key=queue_name(settings.namespace, m), durable=True,
-            )
-            for m in models
-        ],
+        task_queues=[model_queue(settings.namespace, m) for m in models],
+        task_default_exchange=settings.namespace,
         task_create_missing_queues=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

@@ -47,10 +47,28 @@ class JobRecorder(Protocol):
 
 @dataclass
 class WorkItem:
-    """One job handed to the runtime: its id and its input as JSON."""
+    """One job handed to the runtime: its id and its input as JSON.
+
+    A batch job (``{"inputs": [...]}`` on the API) has ``batch=True`` and a list of inputs;
+    its output is the list of outputs, in order.
+    """
 
     job_id: str
-    input: dict[str, Any]
+    input: dict[str, Any] | list[dict[str, Any]]
+    batch: bool = False
+
+
+@dataclass
+class _Unit:
+    """One input item on its way through ``predict``."""
+
+    job: int
+    index: int
+    value: BaseModel
+    output: Any = None
+    error: JobError | None = None
+    batch_size: int = 0
+    inference_ms: float = 0.0
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -124,10 +142,17 @@ class WorkerRuntime:
         return model
 
     def run_batch(self, model_name: str, items: Sequence[WorkItem]) -> None:
-        """Run ``items`` through one ``predict`` call and write every job's terminal state."""
+        """Run ``items`` through ``predict`` and write every job's terminal state.
+
+        Items are cut into calls of at most ``max_batch_size``. If a call raises, its
+        items are bisected and run again until the culprits are alone: one bad item fails
+        only its own job. A ``predict`` that breaks the contract (wrong number of outputs,
+        outputs that do not fit ``Output``) fails every job of that call with ModelError.
+        """
         spec = self.specs[model_name]
         started_at = _now()
-        runnable: list[tuple[Job, BaseModel]] = []
+        jobs: list[Job] = []
+        units: list[_Unit] = []
         for item in items:
             try:
                 job = self.recorder.start(item.job_id, self.worker_id, started_at)
@@ -136,35 +161,75 @@ class WorkerRuntime:
                 continue
             if job is None:
                 continue  # canceled before it ran, or finished by an earlier delivery
-            try:
-                parsed = spec.input_type.model_validate(item.input)
-            except ValidationError as exc:
-                self._fail(job, error_of(InvalidInput(str(exc))), started_at, len(items))
-                continue
-            runnable.append((job, parsed))
-        if not runnable:
+            raw = item.input if isinstance(item.input, list) else [item.input]
+            parsed: list[BaseModel] = []
+            for index, value in enumerate(raw):
+                try:
+                    parsed.append(spec.input_type.model_validate(value))
+                except ValidationError as exc:
+                    where = f"inputs[{index}]: " if item.batch else ""
+                    self._fail(job, error_of(InvalidInput(f"{where}{exc}")), started_at, 0)
+                    break
+            else:
+                jobs.append(job.model_copy(update={"input": {"batch": item.batch}}))
+                units += [_Unit(len(jobs) - 1, i, v) for i, v in enumerate(parsed)]
+        if not units:
             return
         model = self.model(model_name)
+        for start in range(0, len(units), spec.max_batch_size):
+            self._predict(model, spec, units[start : start + spec.max_batch_size])
+        self._record(jobs, units, started_at)
+
+    def _predict(self, model: Model, spec: ModelSpec, units: list[_Unit]) -> None:
         t0 = time.perf_counter()
         try:
-            outputs = model.predict([parsed for _, parsed in runnable])
-            outputs = self._check_outputs(spec, outputs, len(runnable))
+            outputs = model.predict([u.value for u in units])
+            checked = self._check_outputs(spec, outputs, len(units))
+        except ModelError as exc:
+            log.error("model %s broke its contract: %s", spec.name, exc)
+            for u in units:
+                u.error = error_of(exc)
+            return
         except Exception as exc:  # a model error fails its jobs, never the worker
-            log.exception("predict of %s failed on a batch of %d", model_name, len(runnable))
-            error = error_of(exc)
-            for job, _ in runnable:
-                self._fail(job, error, started_at, len(runnable))
+            if len(units) == 1:
+                log.warning("predict of %s failed on one item: %r", spec.name, exc)
+                units[0].error = error_of(exc)
+                return
+            half = len(units) // 2
+            log.warning("predict of %s failed on a batch of %d (%r); bisecting",
+                        spec.name, len(units), exc)
+            self._predict(model, spec, units[:half])
+            self._predict(model, spec, units[half:])
             return
         inference_ms = _ms(time.perf_counter() - t0)
+        for u, output in zip(units, checked, strict=True):
+            u.output, u.batch_size, u.inference_ms = output, len(units), inference_ms
+
+    def _record(self, jobs: list[Job], units: list[_Unit], started_at: datetime) -> None:
         finished_at = _now()
-        for (job, _), output in zip(runnable, outputs, strict=True):
-            self._finish(
-                job.id,
-                JobStatus.SUCCEEDED,
-                output=output,
-                metrics=self._metrics(job, started_at, inference_ms, len(runnable)),
-                finished_at=finished_at,
+        by_job: dict[int, list[_Unit]] = {}
+        for u in units:
+            by_job.setdefault(u.job, []).append(u)
+        for j, job in enumerate(jobs):
+            mine = by_job[j]
+            batch = bool(job.input.get("batch"))
+            metrics = JobMetrics(
+                queue_ms=max(_ms((started_at - job.created_at).total_seconds()), 0.0),
+                inference_ms=round(sum({u.inference_ms for u in mine}), 3),
+                batch_size=max(u.batch_size for u in mine) or len(mine),
             )
+            failed = next((u for u in mine if u.error is not None), None)
+            if failed is not None and failed.error is not None:
+                error = failed.error
+                if batch:
+                    error = JobError(type=error.type,
+                                     message=f"inputs[{failed.index}]: {error.message}")
+                self._finish(job.id, JobStatus.FAILED, error=error, metrics=metrics,
+                             finished_at=finished_at)
+                continue
+            output = [u.output for u in mine] if batch else mine[0].output
+            self._finish(job.id, JobStatus.SUCCEEDED, output=output, metrics=metrics,
+                         finished_at=finished_at)
 
     @staticmethod
     def _check_outputs(spec: ModelSpec, outputs: Any, expected: int) -> list[Any]:
