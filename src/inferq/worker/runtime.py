@@ -9,6 +9,7 @@ a terminal state written -- only then may the messages be acknowledged.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import sys
 import threading
@@ -59,6 +60,15 @@ class WorkItem:
 
 
 @dataclass
+class Outcome:
+    """What became of one job in a ``run_batch`` call (for monitoring events)."""
+
+    job_id: str
+    status: JobStatus
+    error: JobError | None = None
+
+
+@dataclass
 class _Unit:
     """One input item on its way through ``predict``."""
 
@@ -69,6 +79,7 @@ class _Unit:
     error: JobError | None = None
     batch_size: int = 0
     inference_ms: float = 0.0
+    call: int = -1  # which predict call produced the output
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -115,6 +126,7 @@ class WorkerRuntime:
         self.device = device
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
+        self._call_ids = itertools.count()
 
     def setup(self) -> None:
         """Load every model now (once per process), so the first job does not pay for it."""
@@ -141,16 +153,18 @@ class WorkerRuntime:
                 self._models[name] = model
         return model
 
-    def run_batch(self, model_name: str, items: Sequence[WorkItem]) -> None:
+    def run_batch(self, model_name: str, items: Sequence[WorkItem]) -> list[Outcome]:
         """Run ``items`` through ``predict`` and write every job's terminal state.
 
         Items are cut into calls of at most ``max_batch_size``. If a call raises, its
         items are bisected and run again until the culprits are alone: one bad item fails
         only its own job. A ``predict`` that breaks the contract (wrong number of outputs,
         outputs that do not fit ``Output``) fails every job of that call with ModelError.
+        Returns what became of each job it ran (skipped jobs are left out).
         """
         spec = self.specs[model_name]
         started_at = _now()
+        outcomes: list[Outcome] = []
         jobs: list[Job] = []
         units: list[_Unit] = []
         for item in items:
@@ -168,17 +182,19 @@ class WorkerRuntime:
                     parsed.append(spec.input_type.model_validate(value))
                 except ValidationError as exc:
                     where = f"inputs[{index}]: " if item.batch else ""
-                    self._fail(job, error_of(InvalidInput(f"{where}{exc}")), started_at, 0)
+                    error = error_of(InvalidInput(f"{where}{exc}"))
+                    self._fail(job, error, started_at, 0)
+                    outcomes.append(Outcome(job.id, JobStatus.FAILED, error))
                     break
             else:
                 jobs.append(job.model_copy(update={"input": {"batch": item.batch}}))
                 units += [_Unit(len(jobs) - 1, i, v) for i, v in enumerate(parsed)]
         if not units:
-            return
+            return outcomes
         model = self.model(model_name)
         for start in range(0, len(units), spec.max_batch_size):
             self._predict(model, spec, units[start : start + spec.max_batch_size])
-        self._record(jobs, units, started_at)
+        return outcomes + self._record(jobs, units, started_at)
 
     def _predict(self, model: Model, spec: ModelSpec, units: list[_Unit]) -> None:
         t0 = time.perf_counter()
@@ -202,11 +218,15 @@ class WorkerRuntime:
             self._predict(model, spec, units[half:])
             return
         inference_ms = _ms(time.perf_counter() - t0)
+        call = next(self._call_ids)
         for u, output in zip(units, checked, strict=True):
-            u.output, u.batch_size, u.inference_ms = output, len(units), inference_ms
+            u.output, u.batch_size, u.inference_ms, u.call = output, len(units), inference_ms, call
 
-    def _record(self, jobs: list[Job], units: list[_Unit], started_at: datetime) -> None:
+    def _record(
+        self, jobs: list[Job], units: list[_Unit], started_at: datetime
+    ) -> list[Outcome]:
         finished_at = _now()
+        outcomes: list[Outcome] = []
         by_job: dict[int, list[_Unit]] = {}
         for u in units:
             by_job.setdefault(u.job, []).append(u)
@@ -215,7 +235,7 @@ class WorkerRuntime:
             batch = bool(job.input.get("batch"))
             metrics = JobMetrics(
                 queue_ms=max(_ms((started_at - job.created_at).total_seconds()), 0.0),
-                inference_ms=round(sum({u.inference_ms for u in mine}), 3),
+                inference_ms=round(sum({u.call: u.inference_ms for u in mine}.values()), 3),
                 batch_size=max(u.batch_size for u in mine) or len(mine),
             )
             failed = next((u for u in mine if u.error is not None), None)
@@ -226,10 +246,13 @@ class WorkerRuntime:
                                      message=f"inputs[{failed.index}]: {error.message}")
                 self._finish(job.id, JobStatus.FAILED, error=error, metrics=metrics,
                              finished_at=finished_at)
+                outcomes.append(Outcome(job.id, JobStatus.FAILED, error))
                 continue
             output = [u.output for u in mine] if batch else mine[0].output
             self._finish(job.id, JobStatus.SUCCEEDED, output=output, metrics=metrics,
                          finished_at=finished_at)
+            outcomes.append(Outcome(job.id, JobStatus.SUCCEEDED))
+        return outcomes
 
     @staticmethod
     def _check_outputs(spec: ModelSpec, outputs: Any, expected: int) -> list[Any]:
