@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from inferq.errors import InferqError
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT / "tests" / "models"
 
@@ -76,7 +78,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str,
         try:
             if check():
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, InferqError):
             pass
         for p in procs:
             if not p.alive():
