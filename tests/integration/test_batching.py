@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection
+from tests.procs import Proc, free_port, inferq_env, wait_until, workers_online
 
 from inferq.client import Client
-from tests.procs import Proc, free_port, inferq_env, wait_until, workers_online
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,6 @@ def test_jobs_queued_before_the_worker_starts_run_as_one_batch(
         with Client(url) as client:
             wait_until(lambda: client.models() is not None, 30, "the API", [api])
             jobs = [client.submit("echo-batched", {"text": str(i)}) for i in range(8)]
-            lone_later = "lone"
             worker = Proc(["worker", "--models", "echo-batched"], env, tmp_path / "w.log")
             done = [client.wait(j.id, timeout=60) for j in jobs]
             assert [j.output for j in done] == [
@@ -36,7 +35,7 @@ def test_jobs_queued_before_the_worker_starts_run_as_one_batch(
             assert {j.metrics.batch_size for j in done} == {8}
             # At low load a lone job still runs: after the batch window, in a batch of one.
             wait_until(lambda: workers_online(url, "echo-batched") == 1, 30, "worker", [worker])
-            lone = client.submit("echo-batched", {"text": lone_later}, wait=30)
+            lone = client.submit("echo-batched", {"text": "lone"}, wait=30)
             assert lone.status.value == "succeeded"
             assert lone.output == {"text": "lone", "batch_size": 1}
             info = client.model("echo-batched")
