@@ -144,7 +144,9 @@ class _Tally:
             "failed": completed - succeeded,
             "errors": dict(sorted(self.errors.items())),
             "duration_s": round(duration_s, 3),
-            "submitted_per_s": round(self.sent / self.last_sent, 2) if self.last_sent else None,
+            # n sends span n - 1 intervals: at a steady rate r this gives r exactly.
+            "submitted_per_s": (round((self.sent - 1) / self.last_sent, 2)
+                                if self.sent > 1 and self.last_sent > 0 else None),
             "completed_per_s": round(completed / duration_s, 2) if duration_s > 0 else None,
             "latency_ms": latency_summary(self.latencies_ms),
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
@@ -305,7 +307,7 @@ def run_bench(
         errors          {exception type: count}: no terminal job seen (HTTP errors,
                         timeouts, refused connections)
         duration_s      first submit to last terminal job seen
-        submitted_per_s submits sent / time from the start to the last send
+        submitted_per_s (submits sent - 1) / time from the first send to the last
         completed_per_s terminal jobs seen (succeeded + failed) / duration_s
         latency_ms      p50, p90, p99, mean, max over the terminal jobs seen
         batch_sizes     {batch size: jobs} from each finished job's metrics.batch_size
