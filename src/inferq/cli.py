@@ -94,8 +94,9 @@ def serve(
     }
     if settings.config_file is not None:
         env["INFERQ_CONFIG_FILE"] = str(Path(settings.config_file).resolve())
-    worker_cmd = [sys.executable, "-m", "inferq", "worker", "--models", ",".join(specs),
-                  "--loglevel", loglevel]
+    # serve supervises its workers itself.
+    worker_cmd = [sys.executable, "-m", "inferq", "worker", "--no-supervise",
+                  "--models", ",".join(specs), "--loglevel", loglevel]
     supervisor = _Supervisor(worker_cmd, env, workers)
     supervisor.start()
     url = f"http://{settings.host}:{settings.port}"
@@ -176,17 +177,29 @@ def worker(
     models: ModelsOption = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     loglevel: Annotated[str, typer.Option()] = "info",
+    supervise: Annotated[bool, typer.Option(
+        help="Keep a worker process running: start a new one when it dies.")] = True,
 ) -> None:
     """Run a worker: load the models once, then consume their queues in batches."""
     from inferq.config import Settings
     from inferq.errors import InferqError
-    from inferq.queue.worker_main import run_worker
     from inferq.registry import discover, select
 
     _setup_logging(loglevel)
     settings = Settings()
     try:
         specs = select(discover(settings.config_file), _names(models))
+    except InferqError as exc:
+        raise _fail(str(exc)) from exc
+    if supervise:
+        from inferq.queue.worker_main import supervise as run_supervised
+
+        args = ["--models", ",".join(specs), "--device", device, "--loglevel", loglevel]
+        raise typer.Exit(run_supervised(args))
+    from inferq.queue.worker_main import die_with_parent, run_worker
+
+    die_with_parent()
+    try:
         run_worker(settings, specs, device=device)
     except (InferqError, ValueError) as exc:
         raise _fail(str(exc)) from exc

@@ -39,6 +39,28 @@ class Settings(BaseSettings):
     max_batch_inputs: int = Field(
         default=1024, ge=1, description="Most items in one batch job ({\"inputs\": [...]})."
     )
+    # --- webhooks (inferq.webhooks) ---
+    webhook_secret: str = Field(
+        default="",
+        description="whsec_... secret that signs webhooks of jobs submitted without an API "
+        "key. Default: generated once and kept in home/webhook_secret.",
+    )
+    webhook_allow_nets: str = Field(
+        default="",
+        description="Comma-separated CIDRs webhooks may reach even though they are "
+        "loopback/private (e.g. 127.0.0.1/32 for tests). Default: none.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_retry_schedule_s: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="Delays before each retry of a failed webhook (jitter added): about a day.",
+    )
+    # --- access (inferq.auth) ---
+    auth: str = Field(default="on", description="'on': API keys required; 'off': open.")
+    rate_limit_per_s: float = Field(default=50.0, gt=0, description="Submits per key per s.")
+    max_in_flight: int = Field(default=10_000, ge=1, description="Queued+running per key.")
+    max_json_depth: int = Field(default=32, ge=2)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
     broker_timeout_s: float = Field(default=3.0, gt=0)
     worker_heartbeat_s: float = Field(default=5.0, gt=0)
 

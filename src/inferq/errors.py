@@ -12,7 +12,10 @@
     ├── ServiceUnavailable       something the API depends on is down; retry later
     │   ├── BrokerUnavailable
     │   └── StoreUnavailable
-    └── ModelError               the model broke its contract (e.g. wrong number of outputs)
+    ├── ModelError               the model broke its contract (e.g. wrong number of outputs)
+    ├── RetryableError           raised by a model for a transient failure: retried with backoff
+    ├── JobTimeout               the job ran past its model's time limit (soft, hard, reaper)
+    └── DeadLetter               the job was delivered too often without finishing (poison)
 
 Errors cross process boundaries as data -- ``{"type": ..., "message": ...}`` -- never as
 exception objects of a web framework. HTTP status codes are chosen in one place:
@@ -83,3 +86,20 @@ class StoreUnavailable(ServiceUnavailable):
 
 class ModelError(InferqError):
     """A model broke its contract, e.g. ``predict`` returned the wrong number of outputs."""
+
+
+class RetryableError(InferqError):
+    """Raise it from ``predict`` for a transient failure (a download that timed out, ...).
+
+    The jobs of that call are retried with exponential backoff, up to the model's
+    ``max_retries``; then they fail with this error. Any other exception fails at once.
+    """
+
+
+class JobTimeout(InferqError):
+    """The job ran past its model's time limit (``soft_time_limit_s``, ``time_limit_s``)."""
+
+
+class DeadLetter(InferqError):
+    """The job was delivered ``max_deliveries`` times and never finished: each try killed
+    its worker or outran the hard time limit. It is failed and listed as a dead letter."""

@@ -46,6 +46,17 @@ class Model:
     max_batch_size: ClassVar[int] = 1
     #: How long a worker waits, after the first item of a batch arrived, for more.
     batch_timeout_s: ClassVar[float] = 0.0
+    #: Retries of a job whose ``predict`` raised ``inferq.errors.RetryableError``.
+    max_retries: ClassVar[int] = 3
+    #: A ``predict`` call running longer raises ``JobTimeout`` inside it (Python code only:
+    #: a blocking C call is not interrupted -- that is what the hard limit is for).
+    soft_time_limit_s: ClassVar[float | None] = None
+    #: A ``predict`` call running longer fails its jobs with ``JobTimeout`` and the worker
+    #: process is replaced. Must stay below RabbitMQ's consumer timeout (30 min).
+    time_limit_s: ClassVar[float] = 600.0
+    #: Deliveries without a result (the worker died each time), beyond ``max_retries``,
+    #: before a job is dead-lettered.
+    max_deliveries: ClassVar[int] = 5
 
     def __init__(self) -> None:
         #: Set by the worker before ``setup()``: ``"cuda"`` when a GPU is there, else ``"cpu"``.

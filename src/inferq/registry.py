@@ -11,6 +11,10 @@ or an operator names it in the file given by ``INFERQ_CONFIG_FILE``::
     class = "my_package.churn:ChurnModel"
     max_batch_size = 64        # optional: overrides the class attribute
     batch_timeout_s = 0.005    # optional
+    max_retries = 3            # optional: retries of RetryableError
+    soft_time_limit_s = 30     # optional
+    time_limit_s = 60          # optional: hard limit, <= 1500 s
+    max_deliveries = 5         # optional: deliveries before a job is dead-lettered
 
 Entries in the config file win over entry points of the same name. Importing a model
 class must be cheap: heavy imports belong in ``setup()``/``predict()``.
@@ -43,6 +47,10 @@ class ModelSpec:
     cls: type[Model]
     max_batch_size: int
     batch_timeout_s: float
+    max_retries: int = 3
+    soft_time_limit_s: float | None = None
+    time_limit_s: float = 600.0
+    max_deliveries: int = 5
 
     @property
     def description(self) -> str:
@@ -81,17 +89,46 @@ def load_class(path: str) -> type[Model]:
     return obj
 
 
+#: Hard time limits must stay below RabbitMQ's consumer timeout (30 min by default), or the
+#: broker closes the channel under a long job (celery#6760).
+MAX_TIME_LIMIT_S = 25 * 60
+
+
 def _spec(name: str, cls: type[Model], overrides: dict[str, Any]) -> ModelSpec:
     if not _NAME.match(name):
-        raise ConfigError(f"model name {name!r} must match {_NAME.pattern}")
-    try:
-        max_batch_size = int(overrides.get("max_batch_size", cls.max_batch_size))
-        batch_timeout_s = float(overrides.get("batch_timeout_s", cls.batch_timeout_s))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {name!r}: bad batching knob: {exc}") from exc
-    if max_batch_size < 1 or batch_timeout_s < 0:
-        raise ConfigError(f"model {name!r}: max_batch_size >= 1 and batch_timeout_s >= 0")
-    return ModelSpec(name, cls, max_batch_size, batch_timeout_s)
+        raise ConfigError(f"model {name!r} must match {_NAME.pattern}")
+
+    def knob(key: str, kind: type) -> Any:
+        value = overrides.get(key, getattr(cls, key))
+        try:
+            return None if value is None else kind(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model {name!r}: bad {key}: {value!r}") from exc
+
+    spec = ModelSpec(
+        name, cls,
+        max_batch_size=knob("max_batch_size", int),
+        batch_timeout_s=knob("batch_timeout_s", float),
+        max_retries=knob("max_retries", int),
+        soft_time_limit_s=knob("soft_time_limit_s", float),
+        time_limit_s=knob("time_limit_s", float),
+        max_deliveries=knob("max_deliveries", int),
+    )
+    problems = [
+        (spec.max_batch_size < 1, "max_batch_size must be >= 1"),
+        (spec.batch_timeout_s < 0, "batch_timeout_s must be >= 0"),
+        (spec.max_retries < 0, "max_retries must be >= 0"),
+        (spec.max_deliveries < 1, "max_deliveries must be >= 1"),
+        (not 0 < spec.time_limit_s <= MAX_TIME_LIMIT_S,
+         f"time_limit_s must be in (0, {MAX_TIME_LIMIT_S}] (below RabbitMQ's consumer timeout)"),
+        (spec.soft_time_limit_s is not None
+         and not 0 < spec.soft_time_limit_s < spec.time_limit_s,
+         "soft_time_limit_s must be in (0, time_limit_s)"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(f"model {name!r}: {message}")
+    return spec
 
 
 def discover(config_file: Path | None = None) -> dict[str, ModelSpec]:

@@ -69,8 +69,24 @@ WebhookEvent = Literal["start", "completed"]
 _DEFAULT_EVENTS: tuple[WebhookEvent, ...] = ("completed",)
 
 
+class WebhookAttempt(BaseModel):
+    """One try at delivering a webhook: when, for which event, and how it went."""
+
+    at: datetime
+    event: str
+    message_id: str
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
 class Job(BaseModel):
-    """A job as the API shows it. ``input`` is a summary (images are described, not echoed)."""
+    """A job as the API shows it. ``input`` is a summary (images are described, not echoed).
+
+    ``attempts`` counts the times a worker started it (more than one after a crash or a
+    retry); ``duplicate_executions`` counts runs that finished after the terminal state
+    was already written (at-least-once delivery: counted, never written).
+    """
 
     id: str
     model: str
@@ -85,6 +101,9 @@ class Job(BaseModel):
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = Field(default_factory=list)
+    attempts: int = 0
+    duplicate_executions: int = 0
+    webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
 
 
 class JobPage(BaseModel):

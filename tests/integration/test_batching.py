@@ -47,3 +47,5 @@ def test_jobs_queued_before_the_worker_starts_run_as_one_batch(
         with Connection(amqp_url) as conn:
             conn.default_channel.queue_delete(f"{namespace}.echo-batched")
             conn.default_channel.exchange_delete(namespace)
+            conn.default_channel.queue_delete(f"{namespace}.dead")
+            conn.default_channel.exchange_delete(f"{namespace}.dead")

@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 import redis
-from tests.unit.test_store_contract import MakeStore, StoreContract, StoreTarget, finish_ok, submit
+from tests.unit.test_store_contract import (
+    MakeStore,
+    StoreContract,
+    StoreTarget,
+    finish_ok,
+    new_job,
+    submit,
+    upgrades_a_table_of_an_older_version,
+)
 
 from inferq.queue.redis_store import RedisJobStore
 from inferq.queue.store import PENDING_TTL_MARGIN_S, JobStore, create_store
@@ -50,6 +59,46 @@ class TestRedisStore(StoreContract):
         job = submit(store)
         store.cancel(job.id)
         assert 0 < int(client.ttl(f"{store.namespace}:job:{job.id}")) <= 600
+
+    def test_idempotency_key_expires_with_its_job(
+        self, make_store: MakeStore, client: redis.Redis
+    ) -> None:
+        store = make_store(result_ttl_s=600)
+        assert isinstance(store, RedisJobStore)
+        job = store.create(new_job(), "alice", idempotency_key="k")
+        idem = f"{store.namespace}:idem:alice:k"
+        assert client.get(idem) == job.id.encode()
+        assert 600 < int(client.ttl(idem)) <= 600 + PENDING_TTL_MARGIN_S
+        finish_ok(store, job.id)
+        assert 0 < int(client.ttl(idem)) <= 600
+
+    def test_running_and_active_sets_follow_the_job(
+        self, make_store: MakeStore, client: redis.Redis
+    ) -> None:
+        store = make_store()
+        assert isinstance(store, RedisJobStore)
+        ns = store.namespace
+        job = submit(store, owner="alice")
+        assert client.zscore(f"{ns}:active:alice", job.id) is not None
+        store.start(job.id, "w", datetime.now(UTC))
+        assert client.zscore(f"{ns}:running", job.id) is not None
+        store.requeue(job.id)
+        assert client.zscore(f"{ns}:running", job.id) is None
+        store.start(job.id, "w", datetime.now(UTC))
+        finish_ok(store, job.id)
+        assert client.zscore(f"{ns}:running", job.id) is None
+        assert client.zscore(f"{ns}:active:alice", job.id) is None
+
+    def test_overdue_drops_entries_of_vanished_jobs(
+        self, make_store: MakeStore, client: redis.Redis
+    ) -> None:
+        store = make_store()
+        assert isinstance(store, RedisJobStore)
+        job = submit(store)
+        store.start(job.id, "w", datetime.now(UTC) - timedelta(hours=1))
+        client.delete(f"{store.namespace}:job:{job.id}")  # as if it expired
+        assert store.overdue(datetime.now(UTC)) == []
+        assert int(client.zcard(f"{store.namespace}:running")) == 0
 
     def test_listing_drops_index_entries_of_expired_jobs(
         self, make_store: MakeStore, client: redis.Redis
@@ -117,6 +166,9 @@ class TestPostgresStore(StoreContract):
             finish_ok(store, job.id)
             got = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
         assert got == [f"{job.id} succeeded"]
+
+    def test_a_table_of_an_older_version_gets_the_new_columns(self, store: JobStore) -> None:
+        upgrades_a_table_of_an_older_version(store)
 
 
 def test_a_store_made_from_a_postgres_url_uses_psycopg_3(pg_url: str) -> None:

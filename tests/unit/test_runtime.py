@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from inferq.errors import RetryableError
 from inferq.model import Model
 from inferq.queue.store import JobStore, create_store
 from inferq.registry import ModelSpec
@@ -168,3 +171,102 @@ def test_setup_runs_once_however_many_batches(store: JobStore) -> None:
     for _ in range(3):
         rt.run_batch("recorder", [WorkItem(new_job(store), {"x": 1})])
     assert CountsSetup.setups == 1
+
+
+class Transient(Recorder):
+    """Raises RetryableError while ``failures`` lasts."""
+
+    failures = 0
+    max_retries = 2
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        if type(self).failures > 0:
+            type(self).failures -= 1
+            raise RetryableError("download timed out")
+        return super().predict(batch)
+
+
+def _spec_runtime(store: JobStore, cls: type[Model], **knobs: Any) -> WorkerRuntime:
+    Recorder.calls = []
+    on_hard = knobs.pop("on_hard", None)
+    spec = ModelSpec("recorder", cls, 8, 0.0, **knobs)
+    return WorkerRuntime({"recorder": spec}, store, "w1", device="cpu",
+                         on_hard_timeout=on_hard)
+
+
+def test_retryable_error_puts_the_job_back_until_max_retries(store: JobStore) -> None:
+    Transient.failures = 10
+    rt = _spec_runtime(store, Transient, max_retries=2)
+    job_id = new_job(store)
+    for attempt in (1, 2):
+        (outcome,) = rt.run_batch("recorder", [WorkItem(job_id, {"x": 1})])
+        assert outcome.retry and outcome.job is not None and outcome.job.attempts == attempt
+        assert store.get(job_id).status == JobStatus.QUEUED
+    (outcome,) = rt.run_batch("recorder", [WorkItem(job_id, {"x": 1})])
+    job = store.get(job_id)
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error.type == "RetryableError"
+    assert "gave up after 3 attempts" in job.error.message
+
+
+def test_retryable_error_then_success(store: JobStore) -> None:
+    Transient.failures = 1
+    rt = _spec_runtime(store, Transient, max_retries=2)
+    job_id = new_job(store)
+    (first,) = rt.run_batch("recorder", [WorkItem(job_id, {"x": 4})])
+    assert first.retry
+    rt.run_batch("recorder", [WorkItem(job_id, {"x": 4})])
+    job = store.get(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.output == {"y": 40}
+    assert job.attempts == 2
+
+
+def test_plain_exceptions_are_not_retried(store: JobStore) -> None:
+    rt = _spec_runtime(store, Recorder, max_retries=3)
+    job_id = new_job(store)
+    (outcome,) = rt.run_batch("recorder", [WorkItem(job_id, {"x": -1})])
+    assert not outcome.retry
+    assert store.get(job_id).status == JobStatus.FAILED
+
+
+class Sleeper(Recorder):
+    def predict(self, batch: list[Any]) -> list[Any]:
+        time.sleep(batch[0].x / 10)
+        return super().predict(batch)
+
+
+def test_soft_time_limit_fails_the_call_and_the_worker_goes_on(store: JobStore) -> None:
+    rt = _spec_runtime(store, Sleeper, soft_time_limit_s=0.2, time_limit_s=30)
+    slow, quick = new_job(store), new_job(store)
+    rt.run_batch("recorder", [WorkItem(slow, {"x": 30})])
+    job = store.get(slow)
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error.type == "JobTimeout" and "soft time limit" in job.error.message
+    rt.run_batch("recorder", [WorkItem(quick, {"x": 0})])
+    assert store.get(quick).status == JobStatus.SUCCEEDED
+
+
+def test_hard_time_limit_fails_the_jobs_and_ends_the_process(store: JobStore) -> None:
+    fired = threading.Event()
+    rt = _spec_runtime(store, Sleeper, time_limit_s=0.2, on_hard=fired.set)
+    job_id = new_job(store)
+    rt.run_batch("recorder", [WorkItem(job_id, {"x": 8})])
+    assert fired.is_set()  # in a worker this is os._exit: the process is replaced
+    job = store.get(job_id)
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error.type == "JobTimeout" and "hard time limit" in job.error.message
+    # predict returned after all; its late result was counted, not written.
+    assert job.duplicate_executions == 1
+
+
+def test_job_started_too_often_is_dead_lettered_without_running(store: JobStore) -> None:
+    rt = _spec_runtime(store, Recorder, max_deliveries=2, max_retries=1)
+    job_id = new_job(store)
+    for _ in range(3):  # three earlier deliveries whose workers died
+        store.start(job_id, "dead-worker", datetime.now(UTC))
+    rt.run_batch("recorder", [WorkItem(job_id, {"x": 1})])
+    assert Recorder.calls == []
+    job = store.get(job_id)
+    assert job.status == JobStatus.FAILED and job.error is not None
+    assert job.error.type == "DeadLetter"
+    assert store.list(error_type="DeadLetter").jobs[0].id == job_id

@@ -22,9 +22,17 @@ from typing import Any
 import pytest
 
 from inferq.errors import ConfigError, JobConflict, JobNotFound, StoreUnavailable
-from inferq.queue.sql_store import sqlite_events_dir
+from inferq.queue.sql_store import SqlJobStore, sqlite_events_dir
 from inferq.queue.store import JobEvents, JobStore, create_store
-from inferq.schemas import Job, JobError, JobMetrics, JobStatus, WorkerInfo, new_job_id
+from inferq.schemas import (
+    Job,
+    JobError,
+    JobMetrics,
+    JobStatus,
+    WebhookAttempt,
+    WorkerInfo,
+    new_job_id,
+)
 
 StoreTarget = tuple[str, str]
 MakeStore = Callable[..., JobStore]
@@ -49,8 +57,26 @@ def new_job(model: str = "echo", **fields: Any) -> Job:
 def submit(store: JobStore, model: str = "echo", owner: str | None = None, **fields: Any) -> Job:
     """Create a job in ``store`` and return it."""
     job = new_job(model, **fields)
-    store.create(job, owner=owner)
+    assert store.create(job, owner=owner).id == job.id
     return job
+
+
+def fail(store: JobStore, job_id: str, error_type: str) -> bool:
+    """Finish a job as failed with an error of ``error_type``."""
+    error = JobError(type=error_type, message="it broke")
+    return store.finish(job_id, JobStatus.FAILED, error=error, finished_at=datetime.now(UTC))
+
+
+def webhook_attempt(n: int, status_code: int | None = 500) -> WebhookAttempt:
+    """The ``n``-th try at delivering a webhook."""
+    return WebhookAttempt(
+        at=datetime.now(UTC),
+        event="completed",
+        message_id=f"msg-{n}",
+        status_code=status_code,
+        error=None if status_code == 200 else "server error",
+        duration_ms=12.5,
+    )
 
 
 def finish_ok(store: JobStore, job_id: str, output: Any = "done") -> bool:
@@ -206,7 +232,9 @@ class StoreContract:
         assert not store.finish(
             job.id, JobStatus.FAILED, error=error, finished_at=datetime.now(UTC)
         )
-        assert store.get(job.id) == before
+        after = store.get(job.id)
+        assert after.duplicate_executions == 1
+        assert after.model_copy(update={"duplicate_executions": 0}) == before
 
     def test_finish_after_cancel_is_ignored(self, store: JobStore) -> None:
         job = submit(store)
@@ -367,6 +395,328 @@ class StoreContract:
         with pytest.raises(ValueError):
             store.list(limit=0)
 
+    # --- idempotency ------------------------------------------------------------------------
+
+    def test_idempotent_replay_returns_the_same_job_and_writes_one_record(
+        self, store: JobStore
+    ) -> None:
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        first = new_job(model)
+        created = store.create(first, owner="alice", idempotency_key="k1", request_hash="h1")
+        assert created == first
+        replay = store.create(
+            new_job(model), owner="alice", idempotency_key="k1", request_hash="h1"
+        )
+        assert replay == created
+        assert [j.id for j in store.list(model=model).jobs] == [first.id]
+
+    def test_idempotency_key_with_a_different_request_conflicts(self, store: JobStore) -> None:
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        store.create(new_job(model), owner="alice", idempotency_key="k1", request_hash="h1")
+        with pytest.raises(JobConflict, match="different request"):
+            store.create(new_job(model), owner="alice", idempotency_key="k1", request_hash="h2")
+        assert len(store.list(model=model).jobs) == 1
+
+    def test_idempotency_keys_are_per_owner(self, store: JobStore) -> None:
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        made = {
+            owner: store.create(new_job(model), owner, idempotency_key="k", request_hash="h")
+            for owner in ("alice", "bob", None, "")
+        }
+        assert len({job.id for job in made.values()}) == 4
+        again = store.create(new_job(model), None, idempotency_key="k", request_hash="h")
+        assert again.id == made[None].id
+
+    def test_idempotent_replay_returns_the_job_as_it_is_now(self, store: JobStore) -> None:
+        first = store.create(new_job(), idempotency_key="k", request_hash="h")
+        store.start(first.id, "worker-1", datetime.now(UTC))
+        finish_ok(store, first.id, output="out")
+        replay = store.create(new_job(), idempotency_key="k", request_hash="h")
+        assert (replay.id, replay.status, replay.output) == (first.id, JobStatus.SUCCEEDED, "out")
+
+    def test_idempotency_key_expires_with_its_job(self, make_store: MakeStore) -> None:
+        store = make_store(result_ttl_s=1)
+        first = store.create(new_job(), idempotency_key="k", request_hash="h")
+        finish_ok(store, first.id)
+        time.sleep(1.5)
+        second = store.create(new_job(), idempotency_key="k", request_hash="other")
+        assert second.id != first.id
+        assert store.get(second.id).status is JobStatus.QUEUED
+
+    def test_a_deleted_job_frees_its_idempotency_key(self, store: JobStore) -> None:
+        first = store.create(new_job(), idempotency_key="k", request_hash="h")
+        store.delete(first.id)
+        second = store.create(new_job(), idempotency_key="k", request_hash="h")
+        assert second.id != first.id
+
+    def test_concurrent_creates_with_one_key_make_one_job(self, make_store: MakeStore) -> None:
+        stores = [make_store() for _ in range(8)]
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        barrier = threading.Barrier(len(stores))
+        results: list[str] = []
+        errors: list[BaseException] = []
+
+        def create(store: JobStore) -> None:
+            barrier.wait()
+            try:
+                job = store.create(
+                    new_job(model), owner="alice", idempotency_key="race", request_hash="h"
+                )
+                results.append(job.id)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert errors == []
+        assert len(results) == len(stores)
+        assert len(set(results)) == 1
+        assert [j.id for j in stores[0].list(model=model).jobs] == results[:1]
+        assert stores[0].count_active("alice") == 1
+
+    # --- attempts, duplicates, requeue ------------------------------------------------------
+
+    def test_attempts_count_every_start(self, store: JobStore) -> None:
+        job = submit(store)
+        assert store.get(job.id).attempts == 0
+        first = store.start(job.id, "worker-1", datetime.now(UTC))
+        second = store.start(job.id, "worker-2", datetime.now(UTC))
+        assert first is not None and second is not None
+        assert (first.attempts, second.attempts) == (1, 2)
+        assert store.get(job.id).attempts == 2
+
+    def test_start_of_a_terminal_job_does_not_count_an_attempt(self, store: JobStore) -> None:
+        job = submit(store)
+        store.start(job.id, "worker-1", datetime.now(UTC))
+        finish_ok(store, job.id)
+        assert store.start(job.id, "worker-2", datetime.now(UTC)) is None
+        assert store.get(job.id).attempts == 1
+
+    def test_duplicate_finishes_are_counted_not_written(self, store: JobStore) -> None:
+        job = submit(store)
+        store.start(job.id, "worker-1", datetime.now(UTC))
+        assert finish_ok(store, job.id, output="first")
+        assert not finish_ok(store, job.id, output="second")
+        assert not fail(store, job.id, "RuntimeError")
+        got = store.get(job.id)
+        assert (got.status, got.output, got.error) == (JobStatus.SUCCEEDED, "first", None)
+        assert got.duplicate_executions == 2
+
+    def test_a_finish_after_cancel_counts_a_duplicate_execution(self, store: JobStore) -> None:
+        job = submit(store)
+        store.start(job.id, "worker-1", datetime.now(UTC))
+        store.cancel(job.id)
+        assert not finish_ok(store, job.id)
+        got = store.get(job.id)
+        assert (got.status, got.duplicate_executions) == (JobStatus.CANCELED, 1)
+
+    def test_requeue_moves_a_running_job_back_to_queued(self, store: JobStore) -> None:
+        job = submit(store)
+        store.start(job.id, "worker-1", datetime.now(UTC))
+        assert store.requeue(job.id)
+        got = store.get(job.id)
+        assert (got.status, got.started_at, got.attempts) == (JobStatus.QUEUED, None, 1)
+        again = store.start(job.id, "worker-2", datetime.now(UTC))
+        assert again is not None
+        assert (again.status, again.worker, again.attempts) == (JobStatus.RUNNING, "worker-2", 2)
+
+    def test_requeue_refuses_a_job_that_is_not_running(self, store: JobStore) -> None:
+        queued = submit(store)
+        assert not store.requeue(queued.id)
+        done = submit(store)
+        store.start(done.id, "worker-1", datetime.now(UTC))
+        finish_ok(store, done.id)
+        assert not store.requeue(done.id)
+        assert store.get(done.id).status is JobStatus.SUCCEEDED
+        assert store.get(queued.id).status is JobStatus.QUEUED
+        assert not store.requeue(new_job_id())
+
+    def test_requeue_is_announced(self, store: JobStore) -> None:
+        job = submit(store)
+        store.start(job.id, "worker-1", datetime.now(UTC))
+
+        async def scenario() -> str:
+            events = await started(store.create_events())
+            try:
+                async with events.subscribe(job.id) as queue:
+                    assert await asyncio.to_thread(store.requeue, job.id)
+                    return await asyncio.wait_for(queue.get(), EVENT_TIMEOUT_S)
+            finally:
+                await events.stop()
+
+        assert run_async(scenario()) == "queued"
+
+    # --- webhook attempts -------------------------------------------------------------------
+
+    def test_webhook_attempts_are_appended_in_a_terminal_state(self, store: JobStore) -> None:
+        job = submit(store)
+        store.add_webhook_attempt(job.id, webhook_attempt(0))
+        finish_ok(store, job.id)
+        before = store.get(job.id)
+        store.add_webhook_attempt(job.id, webhook_attempt(1, status_code=None))
+        store.add_webhook_attempt(job.id, webhook_attempt(2, status_code=200))
+        got = store.get(job.id)
+        assert [a.message_id for a in got.webhook_attempts] == ["msg-0", "msg-1", "msg-2"]
+        assert got.webhook_attempts[2] == webhook_attempt(2, 200).model_copy(
+            update={"at": got.webhook_attempts[2].at}
+        )
+        assert got.model_copy(update={"webhook_attempts": before.webhook_attempts}) == before
+
+    def test_webhook_attempts_keep_the_latest_fifty(self, store: JobStore) -> None:
+        job = submit(store)
+        for n in range(53):
+            store.add_webhook_attempt(job.id, webhook_attempt(n))
+        attempts = store.get(job.id).webhook_attempts
+        assert [a.message_id for a in attempts] == [f"msg-{n}" for n in range(3, 53)]
+
+    def test_webhook_attempt_on_an_unknown_job_is_not_found(self, store: JobStore) -> None:
+        with pytest.raises(JobNotFound):
+            store.add_webhook_attempt(new_job_id(), webhook_attempt(0))
+
+    def test_webhook_attempt_keeps_a_finished_job_expiring(self, make_store: MakeStore) -> None:
+        store = make_store(result_ttl_s=1)
+        job = submit(store)
+        finish_ok(store, job.id)
+        store.add_webhook_attempt(job.id, webhook_attempt(0))
+        time.sleep(1.5)
+        with pytest.raises(JobNotFound):
+            store.get(job.id)
+        with pytest.raises(JobNotFound):
+            store.add_webhook_attempt(job.id, webhook_attempt(1))
+
+    def test_concurrent_webhook_attempts_are_all_kept(self, make_store: MakeStore) -> None:
+        stores = [make_store() for _ in range(4)]
+        job = submit(stores[0])
+        barrier = threading.Barrier(len(stores))
+
+        def add(store: JobStore, n: int) -> None:
+            barrier.wait()
+            for k in range(5):
+                store.add_webhook_attempt(job.id, webhook_attempt(n * 10 + k))
+
+        threads = [threading.Thread(target=add, args=(s, n)) for n, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert len(stores[0].get(job.id).webhook_attempts) == 20
+
+    # --- overdue ----------------------------------------------------------------------------
+
+    def test_overdue_lists_running_jobs_that_started_before_the_cutoff(
+        self, store: JobStore
+    ) -> None:
+        now = datetime.now(UTC)
+        old, older, fresh, queued, finished, requeued = (submit(store) for _ in range(6))
+        store.start(old.id, "w", now - timedelta(minutes=10))
+        store.start(older.id, "w", now - timedelta(minutes=20))
+        store.start(fresh.id, "w", now)
+        store.start(finished.id, "w", now - timedelta(minutes=30))
+        finish_ok(store, finished.id)
+        store.start(requeued.id, "w", now - timedelta(minutes=30))
+        store.requeue(requeued.id)
+        mine = {old.id, older.id, fresh.id, queued.id, finished.id, requeued.id}
+
+        def overdue(cutoff: datetime, limit: int = 100) -> list[str]:
+            # Other tests may share a server: only this test's jobs.
+            return [j.id for j in store.overdue(cutoff, limit) if j.id in mine]
+
+        cutoff = now - timedelta(minutes=5)
+        assert sorted(overdue(cutoff)) == sorted([old.id, older.id])
+        assert all(j.status is JobStatus.RUNNING for j in store.overdue(cutoff))
+        assert overdue(now - timedelta(minutes=15)) == [older.id]
+        store.cancel(older.id)
+        assert overdue(cutoff) == [old.id]
+
+    def test_overdue_sees_a_redelivered_job_by_its_latest_start(self, store: JobStore) -> None:
+        now = datetime.now(UTC)
+        job = submit(store)
+        store.start(job.id, "w1", now - timedelta(minutes=10))
+        store.start(job.id, "w2", now)
+        assert job.id not in [j.id for j in store.overdue(now - timedelta(minutes=5))]
+
+    def test_overdue_honours_its_limit(self, store: JobStore) -> None:
+        long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+        for n in range(3):
+            job = submit(store)
+            store.start(job.id, "w", long_ago + timedelta(seconds=n))
+        assert len(store.overdue(long_ago + timedelta(seconds=10), limit=2)) == 2
+
+    # --- in-flight counts -------------------------------------------------------------------
+
+    def test_count_active_counts_queued_and_running_jobs_per_owner(self, store: JobStore) -> None:
+        owner = f"owner-{uuid.uuid4().hex[:8]}"
+        other = f"other-{owner}"
+        jobs = [submit(store, owner=owner) for _ in range(4)]
+        submit(store, owner=other)
+        assert store.count_active(owner) == 4
+        store.start(jobs[0].id, "w", datetime.now(UTC))
+        assert store.count_active(owner) == 4
+        finish_ok(store, jobs[0].id)
+        assert store.count_active(owner) == 3
+        store.cancel(jobs[1].id)
+        assert store.count_active(owner) == 2
+        store.start(jobs[2].id, "w", datetime.now(UTC))
+        store.requeue(jobs[2].id)
+        assert store.count_active(owner) == 2
+        fail(store, jobs[2].id, "ValueError")
+        store.delete(jobs[3].id)
+        assert store.count_active(owner) == 0
+        assert store.count_active(other) == 1
+        assert store.count_active(f"nobody-{owner}") == 0
+
+    def test_count_active_without_owner_counts_the_unowned_jobs(self, store: JobStore) -> None:
+        before = store.count_active(None)
+        job = submit(store)
+        submit(store, owner=f"owner-{uuid.uuid4().hex[:8]}")
+        assert store.count_active(None) == before + 1
+        finish_ok(store, job.id)
+        assert store.count_active(None) == before
+
+    def test_count_active_forgets_jobs_that_expired_while_waiting(
+        self, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import inferq.queue.redis_store as redis_store
+        import inferq.queue.sql_store as sql_store
+
+        # Without the week-long margin a queued job expires after the result TTL.
+        for module in (redis_store, sql_store):
+            monkeypatch.setattr(module, "PENDING_TTL_MARGIN_S", 0)
+        owner = f"owner-{uuid.uuid4().hex[:8]}"
+        store = make_store(result_ttl_s=1)
+        submit(store, owner=owner)
+        assert store.count_active(owner) == 1
+        time.sleep(2.1)
+        assert store.count_active(owner) == 0
+
+    # --- error type filter ------------------------------------------------------------------
+
+    def test_list_filters_failed_jobs_by_error_type(self, store: JobStore) -> None:
+        model = f"m-{uuid.uuid4().hex[:8]}"
+        dead = [submit(store, model) for _ in range(3)]
+        other = submit(store, model)
+        ok = submit(store, model)
+        for job in dead:
+            fail(store, job.id, "DeadLetter")
+        fail(store, other.id, "ValueError")
+        finish_ok(store, ok.id)
+
+        def ids(**filters: Any) -> list[str]:
+            return [j.id for j in store.list(model=model, limit=100, **filters).jobs]
+
+        assert ids(error_type="DeadLetter") == sorted((j.id for j in dead), reverse=True)
+        assert ids(error_type="ValueError") == [other.id]
+        assert ids(error_type="DeadLetter", status=JobStatus.FAILED) == ids(error_type="DeadLetter")
+        assert ids(error_type="DeadLetter", status=JobStatus.SUCCEEDED) == []
+        assert ids(error_type="KeyError") == []
+        page = store.list(model=model, error_type="DeadLetter", limit=2)
+        rest = store.list(model=model, error_type="DeadLetter", limit=2, cursor=page.next_cursor)
+        assert [j.id for j in page.jobs + rest.jobs] == ids(error_type="DeadLetter")
+        assert rest.next_cursor is None
+
     # --- expiry -----------------------------------------------------------------------------
 
     def test_finished_job_expires_after_result_ttl(self, make_store: MakeStore) -> None:
@@ -513,6 +863,72 @@ def test_sqlite_store_removes_the_socket_of_a_dead_listener(tmp_path: Path) -> N
     assert list(folder.iterdir()) == []
     folder.rmdir()
     store.close()
+
+
+def upgrades_a_table_of_an_older_version(store: JobStore) -> None:
+    """Make the jobs table as the version before attempts and idempotency did, with one job
+    in it, then check ``store`` (not used before) adds what is missing and works on it."""
+    from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, insert
+
+    assert isinstance(store, SqlJobStore)
+    old = Table(
+        f"{store.namespace}_jobs",
+        MetaData(),
+        Column("id", String, primary_key=True),
+        Column("model", String, nullable=False),
+        Column("status", String(16), nullable=False),
+        Column("owner", String),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("started_at", DateTime(timezone=True)),
+        Column("finished_at", DateTime(timezone=True)),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("worker", String),
+        Column("input", JSON),
+        Column("output", JSON),
+        Column("error", JSON),
+        Column("metrics", JSON),
+        Column("webhook", String),
+        Column("webhook_events", JSON),
+    )
+    engine = store._engine
+    old.metadata.create_all(engine)
+    old_id = new_job_id()
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(old).values(
+                id=old_id,
+                model="echo",
+                status="queued",
+                owner="alice",
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+                input={},
+                metrics={},
+                webhook_events=[],
+            )
+        )
+    got = store.get(old_id)
+    assert (got.attempts, got.duplicate_executions, got.webhook_attempts) == (0, 0, [])
+    assert store.count_active("alice") == 1
+    running = store.start(old_id, "w", datetime.now(UTC))
+    assert running is not None and running.attempts == 1
+    first = store.create(new_job(), "alice", idempotency_key="k", request_hash="h")
+    assert store.create(new_job(), "alice", idempotency_key="k", request_hash="h") == first
+    with pytest.raises(JobConflict):
+        store.create(new_job(), "alice", idempotency_key="k", request_hash="other")
+
+
+def test_sqlite_store_upgrades_a_table_of_an_older_version(tmp_path: Path) -> None:
+    store = create_store(f"sqlite:///{tmp_path}/jobs.db", namespace="inferq", result_ttl_s=60)
+    try:
+        upgrades_a_table_of_an_older_version(store)
+    finally:
+        store.close()
+    # The next start finds nothing to add.
+    again = create_store(f"sqlite:///{tmp_path}/jobs.db", namespace="inferq", result_ttl_s=60)
+    assert again.count_active("alice") == 2
+    again.close()
 
 
 def test_sqlite_events_folder_is_beside_a_database_with_a_short_path() -> None:

@@ -27,14 +27,41 @@ def queue_name(namespace: str, model: str) -> str:
     return f"{namespace}.{model}"
 
 
-def model_queue(namespace: str, model: str) -> Queue:
+#: RabbitMQ's own bound on deliveries of one message, a last resort behind inferq's count
+#: of attempts in the job store (``Model.max_deliveries``), which acts first. Quorum
+#: queues in RabbitMQ 3.x have no default limit.
+RABBITMQ_DELIVERY_LIMIT = 20
+
+
+def dead_letter_queue(namespace: str) -> Queue:
+    """Where RabbitMQ puts rejected messages (malformed, not JSON) and over-delivered ones."""
+    name = f"{namespace}.dead"
+    return Queue(name, Exchange(name, type="fanout", durable=True), routing_key=name,
+                 durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
+def model_queue(namespace: str, model: str, broker_url: str = "") -> Queue:
     """The durable queue of ``model``, bound to the namespace's direct exchange by its name.
 
     With one shared routing key, RabbitMQ would copy every job into every model's queue.
+    On RabbitMQ it is a quorum queue (replicated, with a delivery limit) that dead-letters
+    to ``dead_letter_queue``.
     """
     name = queue_name(namespace, model)
     exchange = Exchange(namespace, type="direct", durable=True)
-    return Queue(name, exchange, routing_key=name, durable=True)
+    arguments: dict[str, Any] = {}
+    if is_rabbitmq(broker_url):
+        arguments = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": RABBITMQ_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": f"{namespace}.dead",
+        }
+    return Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
+
+
+def is_rabbitmq(broker_url: str) -> bool:
+    """True for ``amqp://``/``amqps://``/``pyamqp://`` URLs."""
+    return broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
 def transport_options(broker_url: str) -> dict[str, Any]:
@@ -71,7 +98,7 @@ def create_celery(settings: Settings, models: Iterable[str] = ()) -> Celery:
         broker_connection_timeout=settings.broker_timeout_s,
         broker_transport_options=transport_options(settings.broker_url),
         task_default_queue=f"{settings.namespace}.default",
-        task_queues=[model_queue(settings.namespace, m) for m in models],
+        task_queues=[model_queue(settings.namespace, m, settings.broker_url) for m in models],
         task_default_exchange=settings.namespace,
         task_create_missing_queues=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -11,7 +11,12 @@ per-model queues itself, with kombu, in one thread:
 * each message is acknowledged only after its job's terminal state is stored. A worker
   that dies holding messages never acknowledged them: the broker redelivers them (the
   effect of Celery's ``acks_late`` + ``reject_on_worker_lost``);
-* JSON only: a message in any other serialization (pickle) is rejected, never loaded.
+* JSON only: a message in any other serialization (pickle) is rejected, never loaded;
+* a redelivered message (its worker died, or the connection dropped) runs alone, in a
+  batch of one: if it is a poison job that kills its worker, it takes no neighbours with
+  it, and the neighbours of the batch it killed are not counted against their limits;
+* a job whose ``predict`` raised ``RetryableError`` is held (still unacknowledged) for a
+  backoff of ``2**(attempts-1)`` s (±50 % jitter, at most 60 s), then runs again.
 
 Messages are Celery task messages (protocol 2) published by ``Broker.publish`` with
 ``send_task``, so the queues stay readable by Celery's tools.
@@ -19,25 +24,45 @@ Messages are Celery task messages (protocol 2) published by ``Broker.publish`` w
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Connection, Message, Queue  # type: ignore[attr-defined]
 
 from inferq.errors import StoreUnavailable
 from inferq.queue.celery_app import PREDICT_TASK
+from inferq.queue.monitor import WorkerEvents
 from inferq.registry import ModelSpec
+from inferq.schemas import Job, JobStatus
 from inferq.worker.batcher import Batcher
-from inferq.worker.runtime import WorkerRuntime, WorkItem
+from inferq.worker.runtime import Outcome, WorkerRuntime, WorkItem
 
 log = logging.getLogger(__name__)
 
 #: How long the loop blocks on the broker when no batch is pending.
 IDLE_WAIT_S = 1.0
+#: Longest backoff before a retry.
+MAX_RETRY_BACKOFF_S = 60.0
+
+
+class WebhookSink(Protocol):
+    """Where the consumer sends webhook events (``inferq.webhooks.publisher``)."""
+
+    def publish(self, job_id: str, event: str) -> None:
+        """Queue the delivery of ``event`` for ``job_id``."""
+
+
+def retry_backoff_s(attempts: int) -> float:
+    """Seconds to wait before running a job again after its ``attempts``-th try."""
+    base: float = min(2.0 ** max(attempts - 1, 0), MAX_RETRY_BACKOFF_S)
+    return base * random.uniform(0.5, 1.5)
 
 
 @dataclass
@@ -84,6 +109,8 @@ class BatchingConsumer:
         transport_options: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[str, int], None] | None = None,
+        events: WorkerEvents | None = None,
+        webhooks: WebhookSink | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.queues = queues  # model -> its queue
@@ -98,6 +125,14 @@ class BatchingConsumer:
             name: Batcher(s.max_batch_size, s.batch_timeout_s, clock)
             for name, s in specs.items()
         }
+        self.events = events or WorkerEvents(enabled=False)
+        self.webhooks = webhooks
+        #: Redelivered messages, each to be run alone.
+        self.suspects: list[tuple[str, Delivery]] = []
+        #: Messages waiting out a retry backoff: (due, seq, model, delivery).
+        self.delayed: list[tuple[float, int, str, Delivery]] = []
+        self._seq = itertools.count()
+        runtime.on_started = self._on_started
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from ``run`` (unacked messages go back)."""
@@ -121,6 +156,8 @@ class BatchingConsumer:
                 # Held messages belong to the dead channel: the broker redelivers them.
                 for batcher in self.batchers.values():
                     batcher.drain()
+                self.suspects.clear()
+                self.delayed.clear()
                 conn.release()
 
     def _consume(self, conn: Connection) -> None:
@@ -134,7 +171,9 @@ class BatchingConsumer:
             while not self.stop_event.is_set():
                 self._run_ready()
                 pending = [b.time_left() for b in self.batchers.values() if len(b)]
-                timeout = max(0.0, min(pending)) if pending else IDLE_WAIT_S
+                if self.delayed:
+                    pending.append(self.delayed[0][0] - self.clock())
+                timeout = max(0.0, min(pending, default=IDLE_WAIT_S))
                 try:
                     conn.drain_events(timeout=timeout or 0.0001)
                 except TimeoutError:
@@ -152,7 +191,11 @@ class BatchingConsumer:
             log.error("job %s is for model %s, not served here; rejected", item.job_id, model)
             message.reject(requeue=False)
             return
-        batcher.add(Delivery(message, item))
+        self.events.received(item.job_id, model, item.batch)
+        if (message.delivery_info or {}).get("redelivered"):
+            self.suspects.append((model, Delivery(message, item)))
+        else:
+            batcher.add(Delivery(message, item))
 
     def _on_decode_error(self, message: Message, exc: Exception) -> None:
         # A pickled (or otherwise non-JSON) message is never loaded.
@@ -160,14 +203,21 @@ class BatchingConsumer:
         message.reject(requeue=False)
 
     def _run_ready(self) -> None:
+        while self.suspects:
+            model, delivery = self.suspects.pop(0)
+            self._run(model, [delivery])
+        now = self.clock()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, model, delivery = heapq.heappop(self.delayed)
+            self.batchers[model].add(delivery)
         for model, batcher in self.batchers.items():
             while batcher.ready():
-                deliveries = batcher.take()
-                self._run(model, deliveries)
+                self._run(model, batcher.take())
 
     def _run(self, model: str, deliveries: list[Delivery]) -> None:
+        t0 = time.perf_counter()
         try:
-            self.runtime.run_batch(model, [d.item for d in deliveries])
+            outcomes = self.runtime.run_batch(model, [d.item for d in deliveries])
         except StoreUnavailable as exc:
             # Nothing could be recorded: give the messages back to run again later.
             log.warning("job store unreachable (%s); requeueing %d jobs", exc, len(deliveries))
@@ -175,7 +225,34 @@ class BatchingConsumer:
             for d in deliveries:
                 d.message.requeue()
             return
+        runtime_s = time.perf_counter() - t0
+        by_id = {o.job_id: o for o in outcomes}
         for d in deliveries:
+            outcome = by_id.get(d.item.job_id)
+            if outcome is not None and outcome.retry:
+                attempts = outcome.job.attempts if outcome.job else 1
+                due = self.clock() + retry_backoff_s(attempts)
+                heapq.heappush(self.delayed, (due, next(self._seq), model, d))
+                continue
             d.message.ack()
+            self._announce(d.item.job_id, outcome, runtime_s)
         if self.on_batch is not None:
             self.on_batch(model, len(deliveries))
+
+    def _on_started(self, job: Job) -> None:
+        self.events.started(job.id)
+        if self.webhooks is not None and job.webhook and "start" in job.webhook_events:
+            self.webhooks.publish(job.id, "start")
+
+    def _announce(self, job_id: str, outcome: Outcome | None, runtime_s: float) -> None:
+        if outcome is None:  # skipped: canceled, or finished by an earlier delivery
+            self.events.revoked(job_id)
+            return
+        if outcome.status == JobStatus.SUCCEEDED:
+            self.events.succeeded(job_id, runtime_s)
+        elif outcome.error is not None:
+            self.events.failed(job_id, outcome.error.type, outcome.error.message)
+        job = outcome.job
+        if self.webhooks is not None and job is not None and job.webhook \
+                and "completed" in job.webhook_events:
+            self.webhooks.publish(job_id, "completed")

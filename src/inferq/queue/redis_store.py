@@ -8,6 +8,12 @@ Keys, all under ``{namespace}:``:
   ``"{id} {json [model, owner]}"`` so a stale member can be removed from the other indexes
   without its (expired) record;
 * ``jobs:model:{model}``  and ``jobs:owner:{owner}``: the ids of one model's / one owner's jobs;
+* ``idem:{owner or '-'}:{key}``  the id of the job an Idempotency-Key created, expiring with
+  that job (its TTL is set whenever the job's is);
+* ``running``             the ids of running jobs scored by ``started_at`` (epoch seconds), for
+  ``overdue``; entries of jobs that moved on or expired are dropped as they are met;
+* ``active:{owner or '-'}``  the ids of one owner's queued and running jobs, scored by when
+  their record expires, so ``count_active`` drops the expired ones with one ZREMRANGEBYSCORE;
 * ``worker:{id}``         a worker's heartbeat, expiring by itself; ``workers`` finds them
   without a SCAN of the whole keyspace;
 * ``events``              the pub/sub channel, ``"{id} {status}"`` per transition.
@@ -19,9 +25,11 @@ start); a terminal job expires ``result_ttl_s`` after it ends. Index entries of 
 are removed lazily, by listing and by a small sweep of the oldest entries every
 ``_SWEEP_EVERY`` creates.
 
+Creation is one Lua script too: the Idempotency-Key check, the record, its indexes.
 Transitions are compare-and-set: Python reads the record, decides, and one Lua script writes
-the new value only if the stored one is still the one read (by SHA-1), sets the TTL and
-PUBLISHes in the same atomic step. The record is not decoded and re-encoded in Lua on
+the new value only if the stored one is still the one read (by SHA-1), sets the TTL (of the
+idempotency key too), updates ``running`` and ``active:*`` and PUBLISHes in the same atomic
+step. The record is not decoded and re-encoded in Lua on
 purpose: Redis' cjson keeps only 14 significant digits of a float and turns ``[]`` into
 ``{}``, which would silently change model outputs.
 """
@@ -37,6 +45,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -55,6 +64,7 @@ from inferq.schemas import (
     JobMetrics,
     JobPage,
     JobStatus,
+    WebhookAttempt,
     WorkerInfo,
 )
 
@@ -70,13 +80,19 @@ _LIST_SCAN_BUDGET = 2000
 _SWEEP_EVERY = 64
 #: ...looking at this many of them.
 _SWEEP_BATCH = 256
+#: Batches of ``running`` one ``overdue`` call reads at most.
+_OVERDUE_ROUNDS = 20
 #: A transition retried this often without winning is a bug, not contention.
 _MAX_CAS_ATTEMPTS = 50
 
-# Compare-and-set one job record. KEYS[1] the record; ARGV: SHA-1 of the value read, the new
-# value, its TTL in seconds, the channel, the announcement. Returns 0 when the record is gone,
-# 1 when it changed since it was read (the caller reads again), 2 when written. A value equal
-# to the new one counts as written: that is this very call retried after a lost reply.
+# Compare-and-set one job record. KEYS: the record, the ``running`` set, the owner's
+# ``active`` set, the idempotency key (or a name never written). ARGV: 1 SHA-1 of the value
+# read, 2 the new value, 3 its TTL in seconds ('' keeps the TTL), 4 the channel, 5 the
+# announcement ('' for none), 6 the job id, 7 'add' / 'rem' / '' for ``running`` with 8 its
+# score, 9 the same for ``active`` with 10 its score, 11 '1' when KEYS[4] is the job's
+# idempotency key. Returns 0 when the record is gone, 1 when it changed since it was read (the
+# caller reads again), 2 when written. A value equal to the new one counts as written: that
+# is this very call retried after a lost reply.
 _CAS_SCRIPT = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
@@ -84,11 +100,69 @@ if redis.sha1hex(cur) ~= ARGV[1] then
   if cur == ARGV[2] then return 2 end
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  if ARGV[11] == '1' then redis.call('EXPIRE', KEYS[4], ARGV[3]) end
+end
+if ARGV[7] == 'add' then redis.call('ZADD', KEYS[2], ARGV[8], ARGV[6])
+elseif ARGV[7] == 'rem' then redis.call('ZREM', KEYS[2], ARGV[6]) end
+if ARGV[9] == 'add' then redis.call('ZADD', KEYS[3], ARGV[10], ARGV[6])
+elseif ARGV[9] == 'rem' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 2
 """
 _GONE, _CHANGED, _WRITTEN = 0, 1, 2
+
+# Create one job. KEYS: 1 the record, 2 ``jobs``, 3 ``jobs:model:{model}``, 4 the owner's
+# ``active`` set, 5 the idempotency key (or a name never written), 6 ``jobs:owner:{owner}``
+# (or a name never written). ARGV: 1 the record, 2 its TTL, 3 the ``jobs`` member, 4 the id,
+# 5 '1' with an idempotency key, 6 '1' with an owner, 7 the record-key prefix, 8 the expiry
+# (epoch seconds) as ``active`` score. Returns {0} when created, {1, id} when the idempotency
+# key names a live job already, {2} when a job with this id exists. A key left by a job that
+# expired a moment before it (both expire at the same second) is taken over.
+_CREATE_SCRIPT = """
+if ARGV[5] == '1' then
+  local existing = redis.call('GET', KEYS[5])
+  if existing then
+    if existing == ARGV[4] then return {2} end
+    if redis.call('EXISTS', ARGV[7] .. existing) == 1 then return {1, existing} end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[2]) end
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
+if ARGV[6] == '1' then redis.call('ZADD', KEYS[6], 0, ARGV[4]) end
+redis.call('ZADD', KEYS[4], ARGV[8], ARGV[4])
+return {0}
+"""
+_CREATED, _REPLAYED, _ID_TAKEN = 0, 1, 2
+
+# Delete KEYS[1] only while its value is ARGV[1].
+_DELETE_IF_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Drop ``running`` entries (KEYS[1]) of jobs that are gone or no longer running. ARGV[1] the
+# record-key prefix, the rest the ids. (Decoding only reads the status: nothing is re-encoded.)
+_DROP_RUNNING_SCRIPT = """
+for i = 2, #ARGV do
+  local cur = redis.call('GET', ARGV[1] .. ARGV[i])
+  if not cur or cjson.decode(cur)['status'] ~= 'running' then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
+#: Record fields that are the store's, not the job's.
+_PRIVATE_FIELDS = frozenset({"owner", "idempotency_key", "request_hash"})
+#: Webhook attempts kept per job: the latest ones.
+_MAX_WEBHOOK_ATTEMPTS = 50
 
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
@@ -111,8 +185,24 @@ def _text(value: Any) -> str:
 
 
 def _job(record: dict[str, Any]) -> Job:
-    fields = {k: v for k, v in record.items() if k != "owner"}
+    fields = {k: v for k, v in record.items() if k not in _PRIVATE_FIELDS}
     return Job.model_validate(fields)
+
+
+def _epoch(value: datetime) -> float:
+    return as_utc(value).timestamp()
+
+
+@dataclass(frozen=True)
+class _Write:
+    """How a transition writes: the TTL (None keeps it), whether it is announced, and what
+    happens to the job's entries in ``running`` and ``active:*`` ('add', 'rem' or '')."""
+
+    ttl_s: int | None
+    announce: bool = True
+    running: str = ""
+    running_score: float = 0.0
+    active: str = ""
 
 
 class RedisJobStore(JobStore):
@@ -135,6 +225,9 @@ class RedisJobStore(JobStore):
         )
         self._redis = redis.Redis(connection_pool=self._pool)
         self._cas = self._redis.register_script(_CAS_SCRIPT)
+        self._create_script = self._redis.register_script(_CREATE_SCRIPT)
+        self._drop_running_script = self._redis.register_script(_DROP_RUNNING_SCRIPT)
+        self._delete_if_script = self._redis.register_script(_DELETE_IF_SCRIPT)
         self._creates = itertools.count(1)
 
     # --- keys -------------------------------------------------------------------------------
@@ -154,26 +247,79 @@ class RedisJobStore(JobStore):
     def _all_member(self, job_id: str, model: str, owner: str | None) -> str:
         return f"{job_id} {json.dumps([model, owner])}"
 
+    def _idem_key(self, owner: str | None, key: str) -> str:
+        return f"{self.namespace}:idem:{owner if owner is not None else '-'}:{key}"
+
+    def _running_index(self) -> str:
+        return f"{self.namespace}:running"
+
+    def _active_index(self, owner: str | None) -> str:
+        return f"{self.namespace}:active:{owner if owner is not None else '-'}"
+
+    def _unused_key(self) -> str:
+        """A key name passed to a script where it needs one but this call has none."""
+        return f"{self.namespace}:unused"
+
     # --- jobs -------------------------------------------------------------------------------
 
-    def create(self, job: Job, owner: str | None = None) -> None:
-        """Write a new job; JobConflict if its id exists already."""
+    def create(
+        self,
+        job: Job,
+        owner: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Job:
+        """Write a new job, or return the one ``idempotency_key`` made; one Lua step."""
         record = job.model_dump(mode="json")
         record["status"] = JobStatus.QUEUED.value
         record["created_at"] = _iso(job.created_at)
         record["owner"] = owner
-        with _unavailable():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(self._job_key(job.id), json.dumps(record), nx=True, ex=self.pending_ttl_s)
-            pipe.zadd(self._all_index(), {self._all_member(job.id, job.model, owner): 0})
-            pipe.zadd(self._model_index(job.model), {job.id: 0})
-            if owner is not None:
-                pipe.zadd(self._owner_index(owner), {job.id: 0})
-            created = pipe.execute()[0]
-        if not created:
-            raise JobConflict(f"a job with id {job.id!r} exists already")
-        if next(self._creates) % _SWEEP_EVERY == 0:
-            self._sweep()
+        idem = self._idem_key(owner, idempotency_key) if idempotency_key is not None else None
+        record["idempotency_key"] = idem
+        record["request_hash"] = request_hash if idem is not None else None
+        # A replayed key whose job expires between the script and the read: try again.
+        for _ in range(3):
+            with _unavailable():
+                outcome = cast(
+                    builtins.list[Any],
+                    self._create_script(
+                        keys=[
+                            self._job_key(job.id),
+                            self._all_index(),
+                            self._model_index(job.model),
+                            self._active_index(owner),
+                            idem or self._unused_key(),
+                            self._owner_index(owner) if owner is not None else self._unused_key(),
+                        ],
+                        args=[
+                            json.dumps(record),
+                            self.pending_ttl_s,
+                            self._all_member(job.id, job.model, owner),
+                            job.id,
+                            "1" if idem is not None else "0",
+                            "1" if owner is not None else "0",
+                            f"{self.namespace}:job:",
+                            time.time() + self.pending_ttl_s,
+                        ],
+                    ),
+                )
+            if outcome[0] == _CREATED:
+                if next(self._creates) % _SWEEP_EVERY == 0:
+                    self._sweep()
+                return _job(record)
+            if outcome[0] == _ID_TAKEN:
+                raise JobConflict(f"a job with id {job.id!r} exists already")
+            raw = self._read(_text(outcome[1]))
+            if raw is None:
+                continue
+            existing = json.loads(raw)
+            if existing.get("request_hash") != request_hash:
+                raise JobConflict(
+                    f"Idempotency-Key {idempotency_key!r} was used with a different request"
+                )
+            return _job(existing)
+        raise RuntimeError(f"Idempotency-Key {idempotency_key!r} kept naming expiring jobs")
 
     def _read(self, job_id: str) -> bytes | None:
         with _unavailable():
@@ -192,13 +338,13 @@ class RedisJobStore(JobStore):
     def _transition(
         self,
         job_id: str,
-        change: Callable[[dict[str, Any]], dict[str, Any] | None],
-        ttl_s: int,
+        change: Callable[[dict[str, Any]], tuple[dict[str, Any], _Write] | None],
     ) -> tuple[dict[str, Any], bool]:
         """Apply ``change`` to the record atomically (compare-and-set, retried on a race).
 
-        ``change`` returns the new record, or None to write nothing. Returns the record as
-        written (or as found, when nothing was written) and whether this call wrote it.
+        ``change`` returns the new record and how to write it, or None to write nothing.
+        Returns the record as written (or as found, when nothing was written) and whether
+        this call wrote it.
         """
         key = self._job_key(job_id)
         for _ in range(_MAX_CAS_ATTEMPTS):
@@ -206,19 +352,32 @@ class RedisJobStore(JobStore):
             if raw is None:
                 raise JobNotFound(job_id)
             record: dict[str, Any] = json.loads(raw)
-            new = change(record)
-            if new is None:
+            decided = change(record)
+            if decided is None:
                 return record, False
-            value = json.dumps(new)
+            new, how = decided
+            idem = record.get("idempotency_key")
+            ttl_s = how.ttl_s
             with _unavailable():
                 outcome = self._cas(
-                    keys=[key],
+                    keys=[
+                        key,
+                        self._running_index(),
+                        self._active_index(record.get("owner")),
+                        idem or self._unused_key(),
+                    ],
                     args=[
                         hashlib.sha1(raw).hexdigest(),
-                        value,
-                        ttl_s,
+                        json.dumps(new),
+                        "" if ttl_s is None else ttl_s,
                         self.channel,
-                        f"{job_id} {new['status']}",
+                        f"{job_id} {new['status']}" if how.announce else "",
+                        job_id,
+                        how.running,
+                        how.running_score,
+                        how.active,
+                        time.time() + (ttl_s or 0),
+                        "1" if idem else "0",
                     ],
                 )
             if outcome == _WRITTEN:
@@ -230,17 +389,36 @@ class RedisJobStore(JobStore):
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
         """Mark the job running (from queued, or running on a redelivery); None if terminal."""
 
-        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+        def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
             if record["status"] not in _ACTIVE:
                 return None
-            return record | {
+            new = record | {
                 "status": JobStatus.RUNNING.value,
                 "worker": worker,
                 "started_at": _iso(started_at),
+                "attempts": int(record.get("attempts") or 0) + 1,
             }
+            how = _Write(
+                self.pending_ttl_s, running="add", running_score=_epoch(started_at), active="add"
+            )
+            return new, how
 
-        record, written = self._transition(job_id, change, self.pending_ttl_s)
+        record, written = self._transition(job_id, change)
         return _job(record) if written else None
+
+    def requeue(self, job_id: str) -> bool:
+        """Move a running job back to queued; False if it is not running (or gone)."""
+
+        def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
+            if record["status"] != JobStatus.RUNNING.value:
+                return None
+            new = record | {"status": JobStatus.QUEUED.value, "started_at": None}
+            return new, _Write(self.pending_ttl_s, running="rem", active="add")
+
+        try:
+            return self._transition(job_id, change)[1]
+        except JobNotFound:
+            return False
 
     def finish(
         self,
@@ -252,13 +430,22 @@ class RedisJobStore(JobStore):
         metrics: JobMetrics | None = None,
         finished_at: datetime,
     ) -> bool:
-        """Write the terminal state unless one is written already (first write wins)."""
+        """Write the terminal state unless one is written already (first write wins).
+
+        A finish after the terminal state only counts a duplicate execution (TTL kept, no
+        announcement).
+        """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"finish needs a terminal status, not {status!r}")
+        wrote_terminal = False
 
-        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+        def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
+            nonlocal wrote_terminal
             if record["status"] not in _ACTIVE:
-                return None
+                wrote_terminal = False
+                duplicates = int(record.get("duplicate_executions") or 0) + 1
+                return record | {"duplicate_executions": duplicates}, _Write(None, announce=False)
+            wrote_terminal = True
             new = record | {
                 "status": status.value,
                 "output": to_jsonable_python(output),
@@ -267,32 +454,106 @@ class RedisJobStore(JobStore):
             }
             if metrics is not None:
                 new["metrics"] = metrics.model_dump(mode="json")
-            return new
+            return new, _Write(self.result_ttl_s, running="rem", active="rem")
 
-        return self._transition(job_id, change, self.result_ttl_s)[1]
+        self._transition(job_id, change)
+        return wrote_terminal
+
+    def add_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> None:
+        """Append a webhook delivery attempt (the last 50 are kept); the TTL stays as it is."""
+        entry = attempt.model_dump(mode="json")
+
+        def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
+            attempts = [*(record.get("webhook_attempts") or []), entry]
+            new = record | {"webhook_attempts": attempts[-_MAX_WEBHOOK_ATTEMPTS:]}
+            return new, _Write(None, announce=False)
+
+        self._transition(job_id, change)
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued or running job; JobConflict if it ended already."""
 
-        def change(record: dict[str, Any]) -> dict[str, Any] | None:
+        def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
             if owner is not None and record.get("owner") != owner:
                 raise JobNotFound(job_id)
             if record["status"] not in _ACTIVE:
                 raise JobConflict(f"job {job_id!r} is {record['status']} already")
-            return record | {
+            new = record | {
                 "status": JobStatus.CANCELED.value,
                 "finished_at": _iso(datetime.now(UTC)),
             }
+            return new, _Write(self.result_ttl_s, running="rem", active="rem")
 
-        return _job(self._transition(job_id, change, self.result_ttl_s)[0])
+        return _job(self._transition(job_id, change)[0])
+
+    def overdue(self, started_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        """Running jobs that started before ``started_before``, oldest first, from ``running``.
+
+        Entries of jobs no longer running (or expired) are removed as they are met.
+        """
+        if limit < 1:
+            return []
+        cutoff = _epoch(started_before)
+        index = self._running_index()
+        found: builtins.list[Job] = []
+        offset = 0
+        for _ in range(_OVERDUE_ROUNDS):
+            if len(found) >= limit:
+                break
+            with _unavailable():
+                ids = [
+                    _text(i)
+                    for i in self._redis.zrangebyscore(
+                        index, "-inf", f"({cutoff}", start=offset, num=max(limit, 100)
+                    )
+                ]
+                if not ids:
+                    break
+                raws = self._redis.mget([self._job_key(i) for i in ids])
+            stale: builtins.list[str] = []
+            for job_id, raw in zip(ids, raws, strict=True):
+                record = json.loads(raw) if raw is not None else None
+                if record is None or record["status"] != JobStatus.RUNNING.value:
+                    stale.append(job_id)
+                    continue
+                offset += 1
+                job = _job(record)
+                if job.started_at is not None and job.started_at < as_utc(started_before):
+                    found.append(job)
+                    if len(found) >= limit:
+                        break
+            if stale:
+                # Only entries whose job is gone or moved on: a job that is running again
+                # would have been re-added by its ``start`` after the read, with a new score.
+                with _unavailable():
+                    self._drop_running(stale)
+        return found
+
+    def _drop_running(self, job_ids: builtins.list[str]) -> None:
+        """Remove ``running`` entries of jobs that are gone or not running, checked atomically."""
+        with _unavailable():
+            self._drop_running_script(
+                keys=[self._running_index()],
+                args=[f"{self.namespace}:job:", *job_ids],
+            )
+
+    def count_active(self, owner: str | None) -> int:
+        """Queued and running jobs of ``owner``: expired entries go, then ZCARD."""
+        index = self._active_index(owner)
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zremrangebyscore(index, "-inf", time.time())
+            pipe.zcard(index)
+            return int(pipe.execute()[1])
 
     def delete(self, job_id: str) -> None:
-        """Remove the record and its index entries; nothing happens if it is gone."""
+        """Remove the record, its index entries and its idempotency key; nothing if gone."""
         raw = self._read(job_id)
         if raw is None:
             return
         record = json.loads(raw)
         model, owner = record["model"], record.get("owner")
+        idem = record.get("idempotency_key")
         with _unavailable():
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(self._job_key(job_id))
@@ -300,7 +561,12 @@ class RedisJobStore(JobStore):
             pipe.zrem(self._model_index(model), job_id)
             if owner is not None:
                 pipe.zrem(self._owner_index(owner), job_id)
+            pipe.zrem(self._running_index(), job_id)
+            pipe.zrem(self._active_index(owner), job_id)
             pipe.execute()
+            if idem:
+                # Only while it still names this job (it always does: ids are unique).
+                self._delete_if_script(keys=[idem], args=[job_id])
 
     # --- listing ----------------------------------------------------------------------------
 
@@ -309,6 +575,7 @@ class RedisJobStore(JobStore):
         *,
         model: str | None = None,
         status: JobStatus | None = None,
+        error_type: str | None = None,
         owner: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -354,6 +621,11 @@ class RedisJobStore(JobStore):
                 if model is not None and record["model"] != model:
                     continue
                 if status is not None and record["status"] != status.value:
+                    continue
+                if error_type is not None and (
+                    record["status"] != JobStatus.FAILED.value
+                    or (record.get("error") or {}).get("type") != error_type
+                ):
                     continue
                 matches.append(_job(record))
                 if len(matches) > limit:

@@ -5,6 +5,14 @@ created on first use. Every transition is one conditional UPDATE (``WHERE id = :
 status IN ('queued', 'running')``), so the first terminal write wins without a
 read-modify-write race, and every read is one SELECT of one row.
 
+Idempotency keys: ``idempotency_key`` holds ``json.dumps([owner, key])`` under a unique index,
+so the owner is part of the key with no sentinel standing for "no owner" (NULLs never clash
+in a unique index, so rows without a key don't either). A create that hits the index reads
+the row that holds it; an expired holder is deleted and the insert tried again.
+
+Schema: tables are created on first use; columns added since (and their indexes) are added to
+a table an older version made, by ``ALTER TABLE ... ADD COLUMN`` (``_upgrade_schema``).
+
 Expiry: ``expires_at`` is ``result_ttl_s`` after a job ends, and ``result_ttl_s +
 PENDING_TTL_MARGIN_S`` after it was created or started while it is queued or running. A row
 past it reads as JobNotFound; a DELETE sweeps such rows every ``_SWEEP_EVERY`` creates.
@@ -27,6 +35,7 @@ import contextlib
 import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -49,23 +58,28 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Index,
+    Integer,
     MetaData,
     Row,
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.schema import CreateColumn
 
 from inferq.errors import ConfigError, JobConflict, JobNotFound, StoreUnavailable
 from inferq.queue.store import PENDING_TTL_MARGIN_S, JobEvents, JobStore, as_utc
@@ -76,6 +90,7 @@ from inferq.schemas import (
     JobMetrics,
     JobPage,
     JobStatus,
+    WebhookAttempt,
     WorkerInfo,
 )
 
@@ -98,6 +113,12 @@ _SOCKET_NAME_MAX = 30
 _PG_NAME_MAX = 63
 
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+#: Webhook attempts kept per job: the latest ones.
+_MAX_WEBHOOK_ATTEMPTS = 50
+#: Tries of ``create_all`` while other processes create the same tables.
+_SCHEMA_ATTEMPTS = 5
+#: Tries of a create whose idempotency key is held by a row that then goes away.
+_CREATE_ATTEMPTS = 5
 
 
 class _UtcDateTime(TypeDecorator[datetime]):
@@ -133,9 +154,20 @@ def _tables(namespace: str) -> tuple[MetaData, Table, Table]:
         Column("metrics", JSON(none_as_null=True)),
         Column("webhook", String),
         Column("webhook_events", JSON(none_as_null=True)),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("duplicate_executions", Integer, nullable=False, server_default="0"),
+        Column("webhook_attempts", JSON(none_as_null=True)),
+        Column("idempotency_key", String),
+        Column("request_hash", String),
         Index(f"ix_{namespace}_jobs_model_id", "model", "id"),
         Index(f"ix_{namespace}_jobs_owner_id", "owner", "id"),
         Index(f"ix_{namespace}_jobs_expires_at", "expires_at"),
+        Index(f"ix_{namespace}_jobs_status_started_at", "status", "started_at"),
+        Index(f"ix_{namespace}_jobs_owner_status", "owner", "status"),
+        # A constraint, not an index: it is made with the table, so no insert can come
+        # between the two (an index made after the table could be skipped by a racing
+        # process that then writes duplicates).
+        UniqueConstraint("idempotency_key", name=f"uq_{namespace}_jobs_idempotency_key"),
     )
     workers = Table(
         f"{namespace}_workers",
@@ -162,6 +194,9 @@ def _row_job(row: Row[Any]) -> Job:
         metrics=row.metrics or {},
         webhook=row.webhook,
         webhook_events=row.webhook_events or [],
+        attempts=row.attempts or 0,
+        duplicate_executions=row.duplicate_executions or 0,
+        webhook_attempts=row.webhook_attempts or [],
     )
 
 
@@ -265,17 +300,55 @@ class SqlJobStore(JobStore):
         with self._schema_lock:
             if self._schema_ready:
                 return
-            try:
-                with self._unavailable():
-                    self._metadata.create_all(self._engine)
-            except (sa_exc.IntegrityError, sa_exc.ProgrammingError, StoreUnavailable) as exc:
-                # Two processes starting at once can both see no table and both CREATE it;
-                # the loser fails, and its second look finds the table.
-                if "already exists" not in str(exc) and not isinstance(exc, sa_exc.IntegrityError):
-                    raise
-                with self._unavailable():
-                    self._metadata.create_all(self._engine)
+            # Processes starting at once can both see no table (or index) and both CREATE it;
+            # the loser fails, and a later look finds it. Each look gets further.
+            for attempt in range(_SCHEMA_ATTEMPTS):
+                try:
+                    with self._unavailable():
+                        self._metadata.create_all(self._engine)
+                    break
+                except (sa_exc.IntegrityError, sa_exc.ProgrammingError, StoreUnavailable) as exc:
+                    lost_race = "already exists" in str(exc) or isinstance(
+                        exc, sa_exc.IntegrityError
+                    )
+                    if not lost_race or attempt == _SCHEMA_ATTEMPTS - 1:
+                        raise
+            with self._unavailable():
+                self._upgrade_schema()
             self._schema_ready = True
+
+    def _upgrade_schema(self) -> None:
+        """Add the columns (and indexes) a jobs table made by an older version lacks."""
+        jobs = self._jobs
+        have = {c["name"] for c in inspect(self._engine).get_columns(jobs.name)}
+        missing = [c for c in jobs.columns if c.name not in have]
+        if not missing:
+            return
+        dialect = self._engine.dialect
+        table = dialect.identifier_preparer.format_table(jobs)
+        for column in missing:
+            ddl = f"ALTER TABLE {table} ADD COLUMN {CreateColumn(column).compile(dialect=dialect)}"
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+                # Another process added it first.
+                if "duplicate column" not in str(exc) and "already exists" not in str(exc):
+                    raise
+            log.info("added column %s to %s", column.name, jobs.name)
+        for index in jobs.indexes:
+            try:
+                index.create(self._engine, checkfirst=True)
+            except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+                if "already exists" not in str(exc):
+                    raise
+        # SQLite cannot add a constraint to a table: a unique index does the same.
+        preparer = dialect.identifier_preparer
+        name = preparer.quote(f"uq_{self.namespace}_jobs_idempotency_key")
+        with self._engine.begin() as conn:
+            conn.execute(
+                text(f"CREATE UNIQUE INDEX IF NOT EXISTS {name} ON {table} (idempotency_key)")
+            )
 
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -330,31 +403,78 @@ class SqlJobStore(JobStore):
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def create(self, job: Job, owner: str | None = None) -> None:
-        """Insert a new queued job; JobConflict if its id exists already."""
+    def create(
+        self,
+        job: Job,
+        owner: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Job:
+        """Insert a new queued job, or return the one ``idempotency_key`` made.
+
+        The unique index on ``idempotency_key`` makes check and write one step: of two
+        racing inserts one commits, the other fails and reads the winner's row.
+        """
         data = job.model_dump(mode="json")
-        try:
-            with self._begin() as conn:
-                conn.execute(
-                    insert(self._jobs).values(
-                        id=job.id,
-                        model=job.model,
-                        status=JobStatus.QUEUED.value,
-                        owner=owner,
-                        created_at=job.created_at,
-                        expires_at=_now() + self.pending_ttl,
-                        input=data["input"],
-                        output=None,
-                        error=None,
-                        metrics=data["metrics"],
-                        webhook=job.webhook,
-                        webhook_events=data["webhook_events"],
-                    )
-                )
-        except sa_exc.IntegrityError as exc:
-            raise JobConflict(f"a job with id {job.id!r} exists already") from exc
-        if next(self._creates) % _SWEEP_EVERY == 0:
-            self._sweep()
+        scoped_key = json.dumps([owner, idempotency_key]) if idempotency_key is not None else None
+        stmt = insert(self._jobs).values(
+            id=job.id,
+            model=job.model,
+            status=JobStatus.QUEUED.value,
+            owner=owner,
+            created_at=job.created_at,
+            expires_at=_now() + self.pending_ttl,
+            input=data["input"],
+            output=None,
+            error=None,
+            metrics=data["metrics"],
+            webhook=job.webhook,
+            webhook_events=data["webhook_events"],
+            attempts=job.attempts,
+            duplicate_executions=job.duplicate_executions,
+            webhook_attempts=data["webhook_attempts"],
+            idempotency_key=scoped_key,
+            request_hash=request_hash if scoped_key is not None else None,
+        )
+        jobs = self._jobs
+        for _ in range(_CREATE_ATTEMPTS):
+            try:
+                with self._begin() as conn:
+                    row = conn.execute(stmt.returning(*jobs.c)).one()
+            except sa_exc.IntegrityError as exc:
+                if scoped_key is None:
+                    raise JobConflict(f"a job with id {job.id!r} exists already") from exc
+                existing = self._replay(job.id, scoped_key)
+                if existing is None:
+                    continue  # the key's holder expired and is gone now: insert again
+                if existing.request_hash != request_hash:
+                    raise JobConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used with a different request"
+                    ) from exc
+                return _row_job(existing)
+            if next(self._creates) % _SWEEP_EVERY == 0:
+                self._sweep()
+            return _row_job(row)
+        raise RuntimeError(f"Idempotency-Key {idempotency_key!r} kept naming expiring jobs")
+
+    def _replay(self, job_id: str, scoped_key: str) -> Row[Any] | None:
+        """After a failed insert: the live row holding ``scoped_key``, None to try again.
+
+        An expired holder is deleted (as a sweep would) so the key is free; JobConflict when
+        it was the id, not the key, that clashed.
+        """
+        jobs = self._jobs
+        with self._begin() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.idempotency_key == scoped_key)).first()
+            if row is not None and as_utc(row.expires_at) > _now():
+                return row
+            if row is not None:
+                conn.execute(delete(jobs).where(jobs.c.id == row.id, jobs.c.expires_at <= _now()))
+                return None
+            if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is not None:
+                raise JobConflict(f"a job with id {job_id!r} exists already")
+        return None
 
     def _sweep(self) -> None:
         with self._begin() as conn:
@@ -384,6 +504,7 @@ class SqlJobStore(JobStore):
                     worker=worker,
                     started_at=started_at,
                     expires_at=_now() + self.pending_ttl,
+                    attempts=jobs.c.attempts + 1,
                 )
                 .returning(*jobs.c)
             ).first()
@@ -394,6 +515,25 @@ class SqlJobStore(JobStore):
             self._notify(conn, job_id, JobStatus.RUNNING.value)
         self._announce(job_id, JobStatus.RUNNING.value)
         return _row_job(row)
+
+    def requeue(self, job_id: str) -> bool:
+        """Move a running job back to queued; False if it is not running (or gone)."""
+        jobs = self._jobs
+        with self._begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(self._alive(job_id), jobs.c.status == JobStatus.RUNNING.value)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    started_at=None,
+                    expires_at=_now() + self.pending_ttl,
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            self._notify(conn, job_id, JobStatus.QUEUED.value)
+        self._announce(job_id, JobStatus.QUEUED.value)
+        return True
 
     def finish(
         self,
@@ -423,12 +563,69 @@ class SqlJobStore(JobStore):
                 update(jobs).where(self._alive(job_id), jobs.c.status.in_(_ACTIVE)).values(values)
             )
             if result.rowcount != 1:
-                if conn.execute(select(jobs.c.id).where(self._alive(job_id))).first() is None:
+                # Terminal already (a terminal job never leaves that state): count the run.
+                counted = conn.execute(
+                    update(jobs)
+                    .where(self._alive(job_id), jobs.c.status.not_in(_ACTIVE))
+                    .values(duplicate_executions=jobs.c.duplicate_executions + 1)
+                )
+                if counted.rowcount != 1:
                     raise JobNotFound(job_id)
                 return False
             self._notify(conn, job_id, status.value)
         self._announce(job_id, status.value)
         return True
+
+    def add_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> None:
+        """Append a webhook delivery attempt (the last 50 are kept); ``expires_at`` stays."""
+        jobs = self._jobs
+        with self._begin() as conn:
+            # A no-op UPDATE first: it locks the row on PostgreSQL and takes the write lock
+            # on SQLite, so the read-modify-write below loses no concurrent append.
+            locked = conn.execute(
+                update(jobs).where(self._alive(job_id)).values(attempts=jobs.c.attempts)
+            )
+            if locked.rowcount != 1:
+                raise JobNotFound(job_id)
+            current = conn.execute(
+                select(jobs.c.webhook_attempts).where(jobs.c.id == job_id)
+            ).scalar_one()
+            attempts = [*(current or []), attempt.model_dump(mode="json")]
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(webhook_attempts=attempts[-_MAX_WEBHOOK_ATTEMPTS:])
+            )
+
+    def overdue(self, started_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        """Running jobs that started before ``started_before``, oldest first."""
+        if limit < 1:
+            return []
+        jobs = self._jobs
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.started_at < started_before,
+                jobs.c.expires_at > _now(),
+            )
+            .order_by(jobs.c.started_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_row_job(row) for row in conn.execute(query).all()]
+
+    def count_active(self, owner: str | None) -> int:
+        """Queued and running jobs of ``owner`` (None: the jobs without one)."""
+        jobs = self._jobs
+        owned = jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner
+        query = (
+            select(func.count())
+            .select_from(jobs)
+            .where(owned, jobs.c.status.in_(_ACTIVE), jobs.c.expires_at > _now())
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancel a queued or running job; JobConflict if it ended already."""
@@ -469,6 +666,7 @@ class SqlJobStore(JobStore):
         *,
         model: str | None = None,
         status: JobStatus | None = None,
+        error_type: str | None = None,
         owner: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
@@ -482,6 +680,11 @@ class SqlJobStore(JobStore):
             query = query.where(jobs.c.model == model)
         if status is not None:
             query = query.where(jobs.c.status == status.value)
+        if error_type is not None:
+            query = query.where(
+                jobs.c.status == JobStatus.FAILED.value,
+                jobs.c.error["type"].as_string() == error_type,
+            )
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         if cursor:

@@ -28,7 +28,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from inferq.schemas import Job, JobError, JobMetrics, JobPage, JobStatus, WorkerInfo
+from inferq.schemas import (
+    Job,
+    JobError,
+    JobMetrics,
+    JobPage,
+    JobStatus,
+    WebhookAttempt,
+    WorkerInfo,
+)
 
 #: How much longer than ``result_ttl_s`` a queued or running job is kept. A job the broker
 #: lost would otherwise stay "queued" forever; a week outlives any sane queue wait.
@@ -46,8 +54,22 @@ class JobStore(ABC):
     """The durable record of every job. Synchronous: the API calls it from a thread pool."""
 
     @abstractmethod
-    def create(self, job: Job, owner: str | None = None) -> None:
-        """Write a new job (status ``queued``). Raises StoreUnavailable if unreachable."""
+    def create(
+        self,
+        job: Job,
+        owner: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Job:
+        """Write a new job (status ``queued``) and return it. StoreUnavailable if unreachable.
+
+        With ``idempotency_key``: if ``owner`` already created a job with that key (and it
+        has not expired), nothing is written and that earlier job is returned -- when
+        ``request_hash`` matches; a different ``request_hash`` raises JobConflict. The key
+        lives as long as its job. Check and write are one atomic step (two API replicas
+        racing with the same key create one job).
+        """
 
     @abstractmethod
     def get(self, job_id: str, owner: str | None = None) -> Job:
@@ -57,9 +79,14 @@ class JobStore(ABC):
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
         """Mark the job ``running`` on ``worker``; from ``queued`` or ``running`` (redelivery).
 
-        Returns the job, or None when it is terminal (canceled before it ran, or already
-        finished by an earlier delivery): the worker then skips it. JobNotFound if unknown.
+        Increments ``attempts`` (the returned job carries the new count). Returns the job,
+        or None when it is terminal (canceled before it ran, or already finished by an
+        earlier delivery): the worker then skips it. JobNotFound if unknown.
         """
+
+    @abstractmethod
+    def requeue(self, job_id: str) -> bool:
+        """Move a ``running`` job back to ``queued`` for a retry. False if it is not running."""
 
     @abstractmethod
     def finish(
@@ -72,7 +99,26 @@ class JobStore(ABC):
         metrics: JobMetrics | None = None,
         finished_at: datetime,
     ) -> bool:
-        """Write the terminal state. True if this call wrote it, False if one already was."""
+        """Write the terminal state. True if this call wrote it, False if one already was.
+
+        When one already was, the job's ``duplicate_executions`` is incremented (a
+        redelivered job ran twice: counted, not written) and nothing else changes.
+        """
+
+    @abstractmethod
+    def add_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> None:
+        """Append one webhook delivery attempt to the job (shown in ``webhook_attempts``).
+
+        Allowed in any state, terminal included; keeps the job's TTL. JobNotFound if gone.
+        """
+
+    @abstractmethod
+    def overdue(self, started_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        """Jobs still ``running`` that started before ``started_before`` (for the reaper)."""
+
+    @abstractmethod
+    def count_active(self, owner: str | None) -> int:
+        """How many of ``owner``'s jobs are ``queued`` or ``running`` (for in-flight quotas)."""
 
     @abstractmethod
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
@@ -88,11 +134,16 @@ class JobStore(ABC):
         *,
         model: str | None = None,
         status: JobStatus | None = None,
+        error_type: str | None = None,
         owner: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> JobPage:
-        """Jobs newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+        """Jobs newest first. ``cursor`` is the ``next_cursor`` of the previous page.
+
+        ``error_type`` keeps only failed jobs whose ``error.type`` is that (e.g. the dead
+        letters: ``DeadLetter``).
+        """
 
     @abstractmethod
     def heartbeat(self, worker: WorkerInfo, ttl_s: float) -> None:

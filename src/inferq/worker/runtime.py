@@ -1,9 +1,9 @@
 """Running models: ``setup()`` once per process, ``predict`` on batches, results recorded.
 
-This module knows nothing of Celery or HTTP. The Celery glue (``inferq.queue.tasks``)
-hands it batches of ``(job_id, input)``; it records each job's start and terminal state
-through a ``JobRecorder`` (the job store) and returns once every job of the batch has
-a terminal state written -- only then may the messages be acknowledged.
+This module knows nothing of brokers or HTTP. The consume loop (``inferq.queue.consumer``)
+hands it batches of ``WorkItem``; it records each job's start and terminal state through
+a ``JobRecorder`` (the job store) and returns once every job of the batch has a terminal
+state written (or was put back for a retry) -- only then may the messages be acknowledged.
 """
 
 from __future__ import annotations
@@ -14,17 +14,25 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from inferq.errors import InvalidInput, JobNotFound, ModelError
+from inferq.errors import (
+    DeadLetter,
+    InvalidInput,
+    JobNotFound,
+    JobTimeout,
+    ModelError,
+    RetryableError,
+)
 from inferq.model import Model
 from inferq.registry import ModelSpec
 from inferq.schemas import Job, JobError, JobMetrics, JobStatus
+from inferq.worker.limits import Watchdog, soft_time_limit
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,8 @@ class JobRecorder(Protocol):
     """The part of the job store a worker writes to."""
 
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None: ...
+
+    def requeue(self, job_id: str) -> bool: ...
 
     def finish(
         self,
@@ -61,11 +71,21 @@ class WorkItem:
 
 @dataclass
 class Outcome:
-    """What became of one job in a ``run_batch`` call (for monitoring events)."""
+    """What became of one job in a ``run_batch`` call.
+
+    ``status`` is the terminal state written, or ``queued`` when the job is to be retried
+    (its ``attempts`` so far are in ``job``).
+    """
 
     job_id: str
     status: JobStatus
     error: JobError | None = None
+    job: Job | None = None
+
+    @property
+    def retry(self) -> bool:
+        """True when the job was put back to be run again after a backoff."""
+        return self.status == JobStatus.QUEUED
 
 
 @dataclass
@@ -80,6 +100,7 @@ class _Unit:
     batch_size: int = 0
     inference_ms: float = 0.0
     call: int = -1  # which predict call produced the output
+    retryable: bool = False
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -119,14 +140,23 @@ class WorkerRuntime:
         recorder: JobRecorder,
         worker_id: str,
         device: str = "auto",
+        *,
+        on_started: Callable[[Job], None] | None = None,
+        on_hard_timeout: Callable[[], None] | None = None,
     ) -> None:
         self.specs = specs
         self.recorder = recorder
         self.worker_id = worker_id
         self.device = device
+        #: Called with each job marked running (webhook "start" events, monitoring).
+        self.on_started = on_started
+        #: Called after a hard time limit failed a call's jobs; the worker process ends
+        #: there (``os._exit``), tests pass a stand-in.
+        self.on_hard_timeout = on_hard_timeout
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
         self._call_ids = itertools.count()
+        self._watchdog: Watchdog | None = None
 
     def setup(self) -> None:
         """Load every model now (once per process), so the first job does not pay for it."""
@@ -175,6 +205,17 @@ class WorkerRuntime:
                 continue
             if job is None:
                 continue  # canceled before it ran, or finished by an earlier delivery
+            # Retries count as attempts too; beyond them, every delivery that came back
+            # without a result means a worker died (or hit the hard limit) running it.
+            if job.attempts > spec.max_deliveries + spec.max_retries:
+                error = error_of(DeadLetter(
+                    f"started {job.attempts - 1} times without finishing (each try killed "
+                    f"its worker or outran the time limit); dead-lettered"))
+                self._fail(job, error, started_at, 0)
+                outcomes.append(Outcome(job.id, JobStatus.FAILED, error, job))
+                continue
+            if self.on_started is not None:
+                self.on_started(job)
             raw = item.input if isinstance(item.input, list) else [item.input]
             parsed: list[BaseModel] = []
             for index, value in enumerate(raw):
@@ -184,7 +225,7 @@ class WorkerRuntime:
                     where = f"inputs[{index}]: " if item.batch else ""
                     error = error_of(InvalidInput(f"{where}{exc}"))
                     self._fail(job, error, started_at, 0)
-                    outcomes.append(Outcome(job.id, JobStatus.FAILED, error))
+                    outcomes.append(Outcome(job.id, JobStatus.FAILED, error, job))
                     break
             else:
                 jobs.append(job.model_copy(update={"input": {"batch": item.batch}}))
@@ -193,18 +234,28 @@ class WorkerRuntime:
             return outcomes
         model = self.model(model_name)
         for start in range(0, len(units), spec.max_batch_size):
-            self._predict(model, spec, units[start : start + spec.max_batch_size])
-        return outcomes + self._record(jobs, units, started_at)
+            self._predict(model, spec, units[start : start + spec.max_batch_size], jobs)
+        return outcomes + self._record(spec, jobs, units, started_at)
 
-    def _predict(self, model: Model, spec: ModelSpec, units: list[_Unit]) -> None:
+    def _predict(
+        self, model: Model, spec: ModelSpec, units: list[_Unit], jobs: list[Job]
+    ) -> None:
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
+        doomed = sorted({jobs[u.job].id for u in units})
         t0 = time.perf_counter()
         try:
-            outputs = model.predict([u.value for u in units])
+            with self._watchdog.armed(spec.time_limit_s,
+                                      lambda: self._hard_timeout(spec, doomed)):
+                with soft_time_limit(spec.soft_time_limit_s):
+                    outputs = model.predict([u.value for u in units])
             checked = self._check_outputs(spec, outputs, len(units))
-        except ModelError as exc:
-            log.error("model %s broke its contract: %s", spec.name, exc)
+        except (ModelError, JobTimeout, RetryableError) as exc:
+            # A broken contract, a timeout or a transient failure is about the call, not
+            # one item: no bisecting.
+            log.error("predict of %s on %d items: %r", spec.name, len(units), exc)
             for u in units:
-                u.error = error_of(exc)
+                u.error, u.retryable = error_of(exc), isinstance(exc, RetryableError)
             return
         except Exception as exc:  # a model error fails its jobs, never the worker
             if len(units) == 1:
@@ -214,16 +265,29 @@ class WorkerRuntime:
             half = len(units) // 2
             log.warning("predict of %s failed on a batch of %d (%r); bisecting",
                         spec.name, len(units), exc)
-            self._predict(model, spec, units[:half])
-            self._predict(model, spec, units[half:])
+            self._predict(model, spec, units[:half], jobs)
+            self._predict(model, spec, units[half:], jobs)
             return
         inference_ms = _ms(time.perf_counter() - t0)
         call = next(self._call_ids)
         for u, output in zip(units, checked, strict=True):
             u.output, u.batch_size, u.inference_ms, u.call = output, len(units), inference_ms, call
 
+    def _hard_timeout(self, spec: ModelSpec, job_ids: list[str]) -> None:
+        # Runs on the watchdog thread while predict is stuck: record the verdict, then end
+        # the process -- the messages, never acknowledged, come back and are skipped as
+        # terminal.
+        log.error("hard time limit of %g s hit by %s on %d jobs; failing them and exiting",
+                  spec.time_limit_s, spec.name, len(job_ids))
+        error = JobError(type="JobTimeout",
+                         message=f"hard time limit of {spec.time_limit_s:g} s exceeded")
+        for job_id in job_ids:
+            self._finish(job_id, JobStatus.FAILED, error=error, finished_at=_now())
+        if self.on_hard_timeout is not None:
+            self.on_hard_timeout()
+
     def _record(
-        self, jobs: list[Job], units: list[_Unit], started_at: datetime
+        self, spec: ModelSpec, jobs: list[Job], units: list[_Unit], started_at: datetime
     ) -> list[Outcome]:
         finished_at = _now()
         outcomes: list[Outcome] = []
@@ -241,17 +305,24 @@ class WorkerRuntime:
             failed = next((u for u in mine if u.error is not None), None)
             if failed is not None and failed.error is not None:
                 error = failed.error
+                if failed.retryable and job.attempts <= spec.max_retries:
+                    if self.recorder.requeue(job.id):
+                        outcomes.append(Outcome(job.id, JobStatus.QUEUED, error, job))
+                        continue
+                if failed.retryable:
+                    error = JobError(type=error.type, message=f"{error.message} (gave up "
+                                     f"after {job.attempts} attempts)")
                 if batch:
                     error = JobError(type=error.type,
                                      message=f"inputs[{failed.index}]: {error.message}")
                 self._finish(job.id, JobStatus.FAILED, error=error, metrics=metrics,
                              finished_at=finished_at)
-                outcomes.append(Outcome(job.id, JobStatus.FAILED, error))
+                outcomes.append(Outcome(job.id, JobStatus.FAILED, error, job))
                 continue
             output = [u.output for u in mine] if batch else mine[0].output
             self._finish(job.id, JobStatus.SUCCEEDED, output=output, metrics=metrics,
                          finished_at=finished_at)
-            outcomes.append(Outcome(job.id, JobStatus.SUCCEEDED))
+            outcomes.append(Outcome(job.id, JobStatus.SUCCEEDED, None, job))
         return outcomes
 
     @staticmethod
