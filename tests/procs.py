@@ -27,11 +27,13 @@ def free_port() -> int:
 
 
 def inferq_env(**extra: str) -> dict[str, str]:
-    """The environment for an inferq child process: fixture models importable."""
+    """The environment for an inferq child process: fixture models importable, API keys
+    off (pass ``INFERQ_AUTH="on"`` to test them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FIXTURE_MODELS),
                                                       env.get("PYTHONPATH")]))
     env["INFERQ_CONFIG_FILE"] = str(FIXTURE_MODELS / "inferq.toml")
+    env["INFERQ_AUTH"] = "off"
     env.update(extra)
     return env
 

@@ -20,12 +20,15 @@ from typing import Annotated, Any
 
 import typer
 
+from inferq.auth.cli import keys_app
+
 app = typer.Typer(
     name="inferq",
     help="Serve machine-learning models asynchronously.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(keys_app, name="keys")
 
 UrlOption = Annotated[
     str | None,
@@ -35,6 +38,17 @@ ModelsOption = Annotated[
     str | None,
     typer.Option("--models", help="Comma-separated model names (default: every model found)."),
 ]
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _setup_logging(level: str) -> None:
@@ -79,6 +93,9 @@ def serve(
     if host is not None:
         overrides["host"] = host
     settings = Settings(**overrides)
+    if "INFERQ_AUTH" not in os.environ and _is_loopback(settings.host):
+        # The one-command embedded service on this machine runs open, and says so below.
+        settings.auth = "off"
     home = settings.ensure_home()
     try:
         specs = select(discover(settings.config_file), _names(models))
@@ -91,6 +108,7 @@ def serve(
         "INFERQ_RESULT_URL": settings.result_url,
         "INFERQ_BLOB_URL": settings.blob_url,
         "INFERQ_NAMESPACE": settings.namespace,
+        "INFERQ_AUTH": settings.auth,
     }
     if settings.config_file is not None:
         env["INFERQ_CONFIG_FILE"] = str(Path(settings.config_file).resolve())
@@ -103,8 +121,10 @@ def serve(
     typer.echo(f"inferq is serving {', '.join(specs)} at {url}")
     typer.echo(f"  web UI {url}/ui/   API docs {url}/docs   home {home}")
     if settings.embedded:
-        typer.echo("  embedded mode: SQLite broker and job store, no API keys -- "
-                   "keep it on 127.0.0.1 or a trusted network")
+        typer.echo("  embedded mode: SQLite broker and job store")
+    if settings.auth == "off":
+        typer.echo(f"  open: no API key needed (INFERQ_AUTH=off) -- anyone who can reach "
+                   f"{settings.host} can use it")
     try:
         uvicorn.run(create_app(settings, specs=specs), host=settings.host, port=settings.port,
                     log_level=loglevel.lower(), timeout_graceful_shutdown=5)

@@ -54,7 +54,8 @@ class FakeBroker:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, config_file=FIXTURE_CONFIG, max_body_bytes=64 * 1024)
+    return Settings(home=tmp_path, config_file=FIXTURE_CONFIG, max_body_bytes=64 * 1024,
+                    auth="off")
 
 
 @pytest.fixture
@@ -360,7 +361,7 @@ def test_api_process_imports_no_ml_framework(tmp_path: Path) -> None:
         "from fastapi.testclient import TestClient\n"
         "from inferq.api import create_app\n"
         "from inferq.config import Settings\n"
-        f"app = create_app(Settings(home={str(tmp_path)!r}))\n"
+        f"app = create_app(Settings(home={str(tmp_path)!r}, auth='off'))\n"
         "with TestClient(app) as c:\n"
         "    assert 'mnist' in [m['name'] for m in c.get('/v1/models').json()['models']]\n"
         "heavy = [m for m in ('torch', 'jax', 'tensorflow', 'lightgbm') if m in sys.modules]\n"

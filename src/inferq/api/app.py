@@ -17,16 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from inferq.api import problems
-from inferq.api.inputs import read_submission, summarize
-from inferq.api.limits import BodyLimitMiddleware
+from inferq.api.access import Admission, Authenticator, Owner, auth_enabled, authenticate
+from inferq.api.inputs import read_submission, request_hash, summarize
+from inferq.api.limits import BodyLimitMiddleware, check_images
+from inferq.auth.keys import KeyStore, create_key_store
+from inferq.auth.ratelimit import RateLimiter, create_rate_limiter
 from inferq.config import Settings
-from inferq.errors import ModelNotFound, ServiceUnavailable
+from inferq.errors import InvalidInput, ModelNotFound, ServiceUnavailable
 from inferq.queue.broker import Broker
 from inferq.queue.store import JobEvents, JobStore, create_store
 from inferq.registry import ModelSpec, discover
@@ -40,11 +43,16 @@ T = TypeVar("T")
 SAFETY_RECHECK_S = 5.0
 SSE_KEEPALIVE_S = 15.0
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.I)
+#: What an ``Idempotency-Key`` may be: printable ASCII, 1 to 255 characters.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: ``error.type`` of a job failed as a dead letter (see ``inferq.errors.DeadLetter``).
+DEAD_LETTER = "DeadLetter"
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Services:
-    """What the routes need: settings, models, the store and its events, the broker."""
+    """What the routes need: settings, models, the store and its events, the broker, and
+    with auth on the key lookup (``auth``) and the per-key submit limits (``admission``)."""
 
     def __init__(
         self, settings: Settings, specs: dict[str, ModelSpec], store: JobStore, broker: Broker
@@ -54,6 +62,8 @@ class Services:
         self.store = store
         self.broker = broker
         self.events: JobEvents | None = None
+        self.auth: Authenticator | None = None
+        self.admission: Admission | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store/broker call in the thread pool."""
@@ -66,19 +76,21 @@ class Services:
         except KeyError:
             raise ModelNotFound(name) from None
 
-    async def wait_terminal(self, job_id: str, timeout_s: float) -> Job:
+    async def wait_terminal(self, job_id: str, timeout_s: float, owner: str | None = None
+                            ) -> Job:
         """The job once terminal, or as it is after ``timeout_s``. Woken by announcements."""
         deadline = time.monotonic() + timeout_s
         assert self.events is not None
         async with self.events.subscribe(job_id) as changes:
-            job = await self.call(self.store.get, job_id)  # after subscribing: no lost wake-up
+            # After subscribing: no lost wake-up.
+            job = await self.call(self.store.get, job_id, owner)
             while not job.status.is_terminal():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changes.get(), min(remaining, SAFETY_RECHECK_S))
-                job = await self.call(self.store.get, job_id)
+                job = await self.call(self.store.get, job_id, owner)
         return job
 
 
@@ -104,8 +116,14 @@ def create_app(
     specs: dict[str, ModelSpec] | None = None,
     store: JobStore | None = None,
     broker: Broker | None = None,
+    key_store: KeyStore | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The API app. Store and broker are made from ``settings`` unless given (tests)."""
+    """The API app. Stores, broker and limiter are made from ``settings`` unless given.
+
+    With ``settings.auth`` on, keys and rate limits live where the jobs do
+    (``settings.result_url``), so every API replica sees the same ones.
+    """
     settings = settings or Settings()
     if settings.embedded:
         settings.ensure_home()
@@ -115,6 +133,13 @@ def create_app(
     )
     broker = broker or Broker(settings, list(specs))
     services = Services(settings, specs, store, broker)
+    if auth_enabled(settings.auth):
+        key_store = key_store or create_key_store(settings.result_url, settings.namespace)
+        rate_limiter = rate_limiter or create_rate_limiter(
+            settings.result_url, settings.namespace, settings.rate_limit_per_s
+        )
+        services.auth = Authenticator(key_store)
+        services.admission = Admission(rate_limiter, store, settings.max_in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +151,10 @@ def create_app(
             await services.events.stop()
             await run_in_threadpool(broker.close)
             await run_in_threadpool(store.close)
+            if services.auth is not None:
+                await run_in_threadpool(services.auth.keys.close)
+            if services.admission is not None:
+                await run_in_threadpool(services.admission.limiter.close)
 
     app = FastAPI(
         title="inferq",
@@ -160,7 +189,10 @@ def create_app(
             headers={"Retry-After": "5"}, checks=checks,
         )
 
-    @app.get("/v1/models", tags=["models"])
+    # Every /v1 route needs a key when auth is on; health, docs and the UI stay open.
+    v1 = APIRouter(dependencies=[Depends(authenticate)])
+
+    @v1.get("/v1/models", tags=["models"])
     async def list_models() -> dict[str, list[ModelInfo]]:
         """Every served model, with its schemas, batching knobs and workers online."""
         workers = await services.call(store.workers)
@@ -169,14 +201,14 @@ def create_app(
             for s in specs.values()
         ]}
 
-    @app.get("/v1/models/{model}", tags=["models"])
+    @v1.get("/v1/models/{model}", tags=["models"])
     async def get_model(model: str) -> ModelInfo:
         """One served model."""
         spec = services.spec(model)
         workers = await services.call(store.workers)
         return _model_info(services, spec, sum(1 for w in workers if model in w.models))
 
-    @app.post(
+    @v1.post(
         "/v1/models/{model}/jobs",
         tags=["jobs"],
         status_code=202,
@@ -192,11 +224,26 @@ def create_app(
             "multipart/form-data": {"schema": {"type": "object"}},
         }}},
     )
-    async def submit(model: str, request: Request) -> JSONResponse:
-        """Submit a job. 202 with the job; ``Prefer: wait=N`` waits up to N s for the result."""
+    async def submit(model: str, request: Request, owner: Owner) -> JSONResponse:
+        """Submit a job. 202 with the job; ``Prefer: wait=N`` waits up to N s for the result.
+
+        ``Idempotency-Key``: the same key and body answer the same job (header
+        ``Idempotent-Replayed: true``) without running it again; a different body is a 409.
+        """
         spec = services.spec(model)
-        sub = await read_submission(request, spec, settings.max_batch_inputs)
+        idempotency_key = _idempotency_key(request.headers.get("idempotency-key"))
+        if owner is not None and services.admission is not None:
+            await services.admission.admit(owner)
+        sub = await read_submission(
+            request, spec, settings.max_batch_inputs, max_json_depth=settings.max_json_depth,
+            webhook_allow_nets=settings.webhook_allow_nets,
+        )
         batch = sub.inputs is not None
+        if batch:
+            for i, item in enumerate(sub.inputs or []):
+                check_images(item, ("inputs", i), settings.max_image_pixels)
+        else:
+            check_images(sub.input, ("input",), settings.max_image_pixels)
         summary = ({"inputs": summarize(sub.inputs), "count": len(sub.inputs or [])}
                    if batch else summarize(sub.input))
         job = Job(
@@ -206,25 +253,35 @@ def create_app(
         )
         payload: Any = ([i.model_dump(mode="json") for i in sub.inputs or []] if batch
                         else sub.input.model_dump(mode="json") if sub.input else {})
-        await services.call(store.create, job)
-        try:
-            await services.call(broker.publish, job.id, model, payload, batch=batch)
-        except ServiceUnavailable:
-            # Not accepted: the record must not linger as a job that will never run.
-            with contextlib.suppress(ServiceUnavailable):
-                await services.call(store.delete, job.id)
-            raise
-        location = f"/v1/jobs/{job.id}"
+        if idempotency_key is None:
+            created = await services.call(store.create, job, owner)
+        else:
+            digest = request_hash(model, payload, batch, job.webhook, list(job.webhook_events))
+            created = await services.call(store.create, job, owner,
+                                          idempotency_key=idempotency_key,
+                                          request_hash=digest)
+        replayed = created.id != job.id
+        if not replayed:
+            try:
+                await services.call(broker.publish, job.id, model, payload, batch=batch)
+            except ServiceUnavailable:
+                # Not accepted: the record must not linger as a job that will never run.
+                with contextlib.suppress(ServiceUnavailable):
+                    await services.call(store.delete, job.id)
+                raise
+        job = created
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
         wait_s = _prefer_wait(request.headers.get("prefer"), settings.max_wait_s)
         if wait_s is not None:
-            job = await services.wait_terminal(job.id, wait_s)
-            code = 200 if job.status.is_terminal() else 202
-            return _job_response(job, code, Location=location,
-                                 **{"Preference-Applied": f"wait={wait_s:g}"})
-        return _job_response(job, 202, Location=location)
+            job = await services.wait_terminal(job.id, wait_s, owner)
+            headers["Preference-Applied"] = f"wait={wait_s:g}"
+        return _job_response(job, 200 if job.status.is_terminal() else 202, **headers)
 
-    @app.get("/v1/jobs", tags=["jobs"])
+    @v1.get("/v1/jobs", tags=["jobs"])
     async def list_jobs(
+        owner: Owner,
         model: str | None = None,
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -232,36 +289,51 @@ def create_app(
     ) -> JobPage:
         """Jobs, newest first; follow ``next_cursor`` for the next page."""
         return await services.call(
-            store.list, model=model, status=status, limit=limit, cursor=cursor
+            store.list, model=model, status=status, owner=owner, limit=limit, cursor=cursor
         )
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    @v1.get("/v1/dead-letters", tags=["jobs"])
+    async def list_dead_letters(
+        owner: Owner,
+        model: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs failed as dead letters (delivered too often without finishing), newest first."""
+        return await services.call(
+            store.list, model=model, error_type=DEAD_LETTER, owner=owner, limit=limit,
+            cursor=cursor,
+        )
+
+    @v1.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(
-        job_id: str, wait: Annotated[float, Query(ge=0, le=60)] = 0
+        job_id: str, owner: Owner, wait: Annotated[float, Query(ge=0, le=60)] = 0
     ) -> Job:
         """A job. ``?wait=N`` holds the request until it is terminal or N s pass."""
         if wait > 0:
-            return await services.wait_terminal(job_id, min(wait, settings.max_wait_s))
-        return await services.call(store.get, job_id)
+            return await services.wait_terminal(job_id, min(wait, settings.max_wait_s), owner)
+        return await services.call(store.get, job_id, owner)
 
-    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
-    async def cancel_job(job_id: str) -> Job:
+    @v1.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel_job(job_id: str, owner: Owner) -> Job:
         """Cancel a queued (or running) job; 409 if it is already terminal."""
-        return await services.call(store.cancel, job_id)
+        return await services.call(store.cancel, job_id, owner)
 
-    @app.get(
+    @v1.get(
         "/v1/jobs/{job_id}/events",
         tags=["jobs"],
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    async def job_events(job_id: str, request: Request, owner: Owner) -> StreamingResponse:
         """Server-Sent Events: the job now, then one event per change, ending when terminal."""
-        await services.call(store.get, job_id)  # 404 before the stream starts
+        await services.call(store.get, job_id, owner)  # 404 before the stream starts
         return StreamingResponse(
-            _sse(services, job_id, request), media_type="text/event-stream",
+            _sse(services, job_id, request, owner), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    app.include_router(v1)
 
     if WEB_DIR.is_dir() and (WEB_DIR / "index.html").exists():
         app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
@@ -271,6 +343,17 @@ def create_app(
             return Response(status_code=307, headers={"Location": "/ui/"})
 
     return app
+
+
+def _idempotency_key(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(header):
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            [{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII characters"}],
+        )
+    return header
 
 
 def _prefer_wait(header: str | None, cap_s: float) -> float | None:
@@ -286,10 +369,11 @@ def _sse_event(job: Job) -> bytes:
     return f"event: {job.status.value}\ndata: {job.model_dump_json()}\n\n".encode()
 
 
-async def _sse(services: Services, job_id: str, request: Request) -> AsyncIterator[bytes]:
+async def _sse(services: Services, job_id: str, request: Request, owner: str | None
+               ) -> AsyncIterator[bytes]:
     assert services.events is not None
     async with services.events.subscribe(job_id) as changes:
-        job = await services.call(services.store.get, job_id)
+        job = await services.call(services.store.get, job_id, owner)
         yield _sse_event(job)
         last = job.status
         quiet_s = 0.0
@@ -304,7 +388,7 @@ async def _sse(services: Services, job_id: str, request: Request) -> AsyncIterat
                 if quiet_s >= SSE_KEEPALIVE_S:
                     quiet_s = 0.0
                     yield b": keep-alive\n\n"
-            job = await services.call(services.store.get, job_id)
+            job = await services.call(services.store.get, job_id, owner)
             if job.status != last:
                 last = job.status
                 yield _sse_event(job)

@@ -1,10 +1,21 @@
-"""A request body limit enforced before the body is buffered (FastAPI has none)."""
+"""Size limits: the request body, enforced before it is buffered (FastAPI has none), and
+the pixels of an image, checked from its header before anything decodes it."""
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inferq.api import problems
+from inferq.errors import UnsupportedMediaType
+from inferq.schemas import Image
 
 
 class BodyTooLarge(Exception):
@@ -81,3 +92,65 @@ class BodyLimitMiddleware:
                         (b"connection", b"close")],
         })
         await send({"type": "http.response.body", "body": body})
+
+
+# --- image pixel limit ---------------------------------------------------------------------
+
+#: Formats an image field may hold (the same as ``inferq.schemas.Image`` sniffs).
+_PIL_FORMATS = ["PNG", "JPEG", "WEBP", "GIF"]
+
+
+def _images(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str, Image]]:
+    """Every Image inside a validated input, with the dotted field that holds it."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, Image):
+            yield ".".join(map(str, where)), item
+        elif isinstance(item, BaseModel):
+            stack.extend((getattr(item, name), (*where, name))
+                         for name in type(item).model_fields)
+        elif isinstance(item, dict):
+            stack.extend((v, (*where, str(k))) for k, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, (*where, i)) for i, v in enumerate(item))
+
+
+def check_image(image: Image, field: str, max_pixels: int) -> None:
+    """Refuse a decompression bomb (413) or bytes Pillow cannot read (415), naming ``field``.
+
+    Only the header is parsed and the chunks checked (``verify``); nothing is decoded.
+    Pillow merely *warns* between ``MAX_IMAGE_PIXELS`` and twice that, so the warning is
+    made an error, and the pixel count is compared here as well.
+    """
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        saved = PILImage.MAX_IMAGE_PIXELS
+        PILImage.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with PILImage.open(io.BytesIO(image.data), formats=_PIL_FORMATS) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise PILImage.DecompressionBombError(f"{width * height} pixels")
+                img.verify()
+        except (PILImage.DecompressionBombWarning, PILImage.DecompressionBombError):
+            raise problems.too_large(
+                field, f"the image has more than {max_pixels} pixels"
+            ) from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+                struct.error) as exc:
+            raise UnsupportedMediaType(
+                f"{field}: the image is truncated or corrupt ({exc})",
+                [{"field": field, "message": "truncated or corrupt image"}],
+            ) from None
+        finally:
+            PILImage.MAX_IMAGE_PIXELS = saved
+
+
+def check_images(value: Any, where: tuple[str | int, ...], max_pixels: int) -> None:
+    """``check_image`` on every image of a validated input (``where``: ``("input",)``)."""
+    for field, image in _images(value, where):
+        check_image(image, field, max_pixels)

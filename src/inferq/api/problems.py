@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,7 +43,48 @@ _STATUS_SLUGS = {
     413: ("payload-too-large", "Payload too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("invalid-input", "Invalid input"),
+    429: ("too-many-requests", "Too many requests"),
 }
+
+
+class HTTPProblem(Exception):
+    """A refusal that exists only at the HTTP layer (no key, too many requests, too big).
+
+    Made by the functions below, so that every status is still chosen in this module.
+    """
+
+    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        """This problem as problem+json."""
+        slug, title = _STATUS_SLUGS.get(self.status, ("http-error", "HTTP error"))
+        return problem(self.status, slug, title, self.detail, headers=self.headers, **self.extra)
+
+
+def unauthorized(detail: str, *, invalid: bool = False) -> HTTPProblem:
+    """401: no API key, or one that is unknown or revoked (RFC 6750's challenge)."""
+    challenge = 'Bearer realm="inferq"'
+    if invalid:
+        challenge += ', error="invalid_token"'
+    return HTTPProblem(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+def too_many_requests(detail: str, retry_after_s: float) -> HTTPProblem:
+    """429 with ``Retry-After`` in whole seconds (at least 1)."""
+    seconds = max(1, math.ceil(retry_after_s))
+    return HTTPProblem(429, detail, headers={"Retry-After": str(seconds)},
+                       retry_after_s=seconds)
+
+
+def too_large(field: str, detail: str) -> HTTPProblem:
+    """413 naming the field that is too big (e.g. an image with too many pixels)."""
+    return HTTPProblem(413, f"{field}: {detail}", errors=[{"field": field, "message": detail}])
 
 
 def problem(
@@ -86,6 +128,10 @@ def field_errors(errors: Any, prefix: tuple[str | int, ...] = ()) -> list[dict[s
 
 def install(app: FastAPI) -> None:
     """Route every error through problem+json."""
+
+    @app.exception_handler(HTTPProblem)
+    async def _http_problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(InferqError)
     async def _inferq_error(request: Request, exc: InferqError) -> JSONResponse:
