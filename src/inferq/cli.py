@@ -115,7 +115,8 @@ def serve(
     # serve supervises its workers itself.
     worker_cmd = [sys.executable, "-m", "inferq", "worker", "--no-supervise",
                   "--models", ",".join(specs), "--loglevel", loglevel]
-    supervisor = _Supervisor(worker_cmd, env, workers)
+    sender_cmd = [sys.executable, "-m", "inferq", "webhooks", "--loglevel", loglevel]
+    supervisor = _Supervisor([worker_cmd] * workers + [sender_cmd], env)
     supervisor.start()
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"inferq is serving {', '.join(specs)} at {url}")
@@ -133,17 +134,17 @@ def serve(
 
 
 class _Supervisor:
-    """Keeps ``count`` worker processes running for ``inferq serve``; restarts the dead."""
+    """Keeps ``inferq serve``'s child processes (workers, the webhook sender) running."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], count: int) -> None:
-        self.cmd, self.env, self.count = cmd, env, count
+    def __init__(self, cmds: list[list[str]], env: dict[str, str]) -> None:
+        self.cmds, self.env = cmds, env
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="inferq-supervisor",
                                         daemon=True)
 
     def start(self) -> None:
-        self.procs = [subprocess.Popen(self.cmd, env=self.env) for _ in range(self.count)]
+        self.procs = [subprocess.Popen(cmd, env=self.env) for cmd in self.cmds]
         self._thread.start()
 
     def _watch(self) -> None:
@@ -151,8 +152,9 @@ class _Supervisor:
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stop.is_set():
                     logging.getLogger("inferq.serve").warning(
-                        "worker %d exited with %s; restarting it", proc.pid, proc.returncode)
-                    self.procs[i] = subprocess.Popen(self.cmd, env=self.env)
+                        "%s (pid %d) exited with %s; restarting it", self.cmds[i][3],
+                        proc.pid, proc.returncode)
+                    self.procs[i] = subprocess.Popen(self.cmds[i], env=self.env)
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,6 +225,25 @@ def worker(
         run_worker(settings, specs, device=device)
     except (InferqError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+
+
+@app.command()
+def webhooks(loglevel: Annotated[str, typer.Option()] = "info") -> None:
+    """Run a webhook sender: deliver queued webhooks, sign them, retry them."""
+    from inferq.auth.keys import create_key_store
+    from inferq.config import Settings
+    from inferq.webhooks.sender import run_webhook_sender, server_secret
+
+    _setup_logging(loglevel)
+    settings = Settings()
+    keys = create_key_store(settings.result_url, settings.namespace)
+    fallback = server_secret(settings)
+
+    def secret_for(owner: str | None) -> str:
+        # A key's jobs are signed with that key's secret; keyless jobs with the server's.
+        return (keys.webhook_secret(owner) if owner else None) or fallback
+
+    run_webhook_sender(settings, secret_for=secret_for)
 
 
 def _client(url: str | None) -> Any:

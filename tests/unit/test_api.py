@@ -31,11 +31,15 @@ class FakeBroker:
         self.published: list[tuple[str, str, Any, bool]] = []
         self.down = False
         self.runtime: WorkerRuntime | None = None
+        self.webhooks: list[tuple[str, str]] = []
 
     def publish(self, job_id: str, model: str, input: Any, *, batch: bool = False) -> None:
         if self.down:
             raise BrokerUnavailable("the broker is unreachable: test")
         self.published.append((job_id, model, input, batch))
+
+    def publish_webhook(self, job_id: str, event: str, owner: str | None = None) -> None:
+        self.webhooks.append((job_id, event))
 
     def ping(self) -> None:
         if self.down:
@@ -230,6 +234,17 @@ def test_cancel_queued_job_then_it_never_runs_and_second_cancel_is_409(
     r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 409
     assert r.json()["type"] == "urn:inferq:problem:job-conflict"
+
+
+def test_canceling_a_job_with_a_webhook_announces_its_end(
+        client: TestClient, broker: FakeBroker, settings: Settings) -> None:
+    settings.webhook_allow_nets = "127.0.0.1/32"
+    r = client.post("/v1/models/echo/jobs", json={
+        "input": {"text": "x"}, "webhook": "http://127.0.0.1:9/hook"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert broker.webhooks == [(job_id, "completed")]
 
 
 def test_model_that_raises_fails_its_job_with_type_and_message(

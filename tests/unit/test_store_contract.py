@@ -290,6 +290,14 @@ class StoreContract:
 
     # --- owners -----------------------------------------------------------------------------
 
+    def test_owner_of_names_the_submitting_key(self, store: JobStore) -> None:
+        mine = submit(store, "m0", owner="key_a")
+        nobody = submit(store, "m0")
+        assert store.owner_of(mine.id) == "key_a"
+        assert store.owner_of(nobody.id) is None
+        with pytest.raises(JobNotFound):
+            store.owner_of("no-such-job")
+
     def test_another_owner_can_neither_see_nor_cancel_a_job(self, store: JobStore) -> None:
         model = f"m-{uuid.uuid4().hex[:8]}"
         job = submit(store, model, owner="alice")

@@ -317,7 +317,11 @@ def create_app(
     @v1.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
     async def cancel_job(job_id: str, owner: Owner) -> Job:
         """Cancel a queued (or running) job; 409 if it is already terminal."""
-        return await services.call(store.cancel, job_id, owner)
+        job = await services.call(store.cancel, job_id, owner)
+        if job.webhook and "completed" in job.webhook_events:
+            # No worker will run it, so no worker will announce its end: the API does.
+            await services.call(broker.publish_webhook, job.id, "completed", owner)
+        return job
 
     @v1.get(
         "/v1/jobs/{job_id}/events",

@@ -20,6 +20,7 @@ class Broker:
     def __init__(self, settings: Settings, models: list[str]) -> None:
         self._settings = settings
         self._app = create_celery(settings, models)
+        self._webhooks: Any = None
 
     def publish(self, job_id: str, model: str, input: Any, *, batch: bool = False) -> None:
         """Send one job; returns once the broker has it (confirmed on RabbitMQ).
@@ -45,6 +46,17 @@ class Broker:
             log.warning("publish of job %s failed: %s", job_id, exc)
             raise BrokerUnavailable(f"the broker is unreachable: {exc}") from exc
 
+    def publish_webhook(self, job_id: str, event: str, owner: str | None = None) -> None:
+        """Queue a webhook delivery (e.g. ``completed`` for a job canceled before it ran).
+
+        Never raises: a delivery that cannot be queued is logged by the publisher.
+        """
+        if self._webhooks is None:
+            from inferq.webhooks.publisher import WebhookPublisher
+
+            self._webhooks = WebhookPublisher(self._settings)
+        self._webhooks.publish(job_id, event, owner=owner)
+
     def ping(self) -> None:
         """Raise BrokerUnavailable unless a connection to the broker can be made."""
         try:
@@ -55,4 +67,6 @@ class Broker:
 
     def close(self) -> None:
         """Release the broker connections."""
+        if self._webhooks is not None:
+            self._webhooks.close()
         self._app.close()

@@ -335,6 +335,14 @@ class RedisJobStore(JobStore):
             raise JobNotFound(job_id)
         return _job(record)
 
+    def owner_of(self, job_id: str) -> str | None:
+        """The owner kept in the job's record."""
+        raw = self._read(job_id)
+        if raw is None:
+            raise JobNotFound(job_id)
+        owner = json.loads(raw).get("owner")
+        return str(owner) if owner is not None else None
+
     def _transition(
         self,
         job_id: str,

@@ -492,6 +492,15 @@ class SqlJobStore(JobStore):
             raise JobNotFound(job_id)
         return _row_job(row)
 
+    def owner_of(self, job_id: str) -> str | None:
+        """The owner column of the job's row."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(self._jobs.c.owner).where(self._alive(job_id))).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return str(row.owner) if row.owner is not None else None
+
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
         """Mark the job running (from queued, or running on a redelivery); None if terminal."""
         jobs = self._jobs

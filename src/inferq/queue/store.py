@@ -76,6 +76,10 @@ class JobStore(ABC):
         """The job, read atomically. JobNotFound if unknown, expired, or owned by another."""
 
     @abstractmethod
+    def owner_of(self, job_id: str) -> str | None:
+        """The API key id that submitted the job (None: no key). JobNotFound if gone."""
+
+    @abstractmethod
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
         """Mark the job ``running`` on ``worker``; from ``queued`` or ``running`` (redelivery).
 
