@@ -41,6 +41,7 @@ T = TypeVar("T")
 #: How often a waiter re-reads the job even without an announcement: a safety net for an
 #: announcement lost while the listener reconnects, not the way waiting works.
 SAFETY_RECHECK_S = 5.0
+_TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal())
 SSE_KEEPALIVE_S = 15.0
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.I)
 #: What an ``Idempotency-Key`` may be: printable ASCII, 1 to 255 characters.
@@ -79,18 +80,27 @@ class Services:
     async def wait_terminal(self, job_id: str, timeout_s: float, owner: str | None = None
                             ) -> Job:
         """The job once terminal, or as it is after ``timeout_s``. Woken by announcements."""
-        deadline = time.monotonic() + timeout_s
         assert self.events is not None
         async with self.events.subscribe(job_id) as changes:
             # After subscribing: no lost wake-up.
             job = await self.call(self.store.get, job_id, owner)
-            while not job.status.is_terminal():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changes.get(), min(remaining, SAFETY_RECHECK_S))
-                job = await self.call(self.store.get, job_id, owner)
+            return await self.wait_changes(job, changes, timeout_s, owner)
+
+    async def wait_changes(self, job: Job, changes: asyncio.Queue[str], timeout_s: float,
+                           owner: str | None = None) -> Job:
+        """Wait on ``changes`` (subscribed before ``job`` was read) until it is terminal."""
+        deadline = time.monotonic() + timeout_s
+        while not job.status.is_terminal():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                status = await asyncio.wait_for(changes.get(), min(remaining, SAFETY_RECHECK_S))
+            except TimeoutError:
+                status = None  # the safety re-read
+            if status is not None and status not in _TERMINAL:
+                continue  # e.g. "running": nothing to read yet
+            job = await self.call(self.store.get, job.id, owner)
         return job
 
 
@@ -239,11 +249,12 @@ def create_app(
             webhook_allow_nets=settings.webhook_allow_nets,
         )
         batch = sub.inputs is not None
+        # Decoding image headers costs CPU: off the event loop.
         if batch:
             for i, item in enumerate(sub.inputs or []):
-                check_images(item, ("inputs", i), settings.max_image_pixels)
+                await services.call(check_images, item, ("inputs", i), settings.max_image_pixels)
         else:
-            check_images(sub.input, ("input",), settings.max_image_pixels)
+            await services.call(check_images, sub.input, ("input",), settings.max_image_pixels)
         summary = ({"inputs": summarize(sub.inputs), "count": len(sub.inputs or [])}
                    if batch else summarize(sub.input))
         job = Job(
@@ -261,22 +272,26 @@ def create_app(
                                           idempotency_key=idempotency_key,
                                           request_hash=digest)
         replayed = created.id != job.id
-        if not replayed:
-            try:
-                await services.call(broker.publish, job.id, model, payload, batch=batch)
-            except ServiceUnavailable:
-                # Not accepted: the record must not linger as a job that will never run.
-                with contextlib.suppress(ServiceUnavailable):
-                    await services.call(store.delete, job.id)
-                raise
         job = created
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         wait_s = _prefer_wait(request.headers.get("prefer"), settings.max_wait_s)
-        if wait_s is not None:
-            job = await services.wait_terminal(job.id, wait_s, owner)
-            headers["Preference-Applied"] = f"wait={wait_s:g}"
+        assert services.events is not None
+        # Subscribed before publishing, so no announcement can be missed and the job needs
+        # no second read while it is known to be queued.
+        async with services.events.subscribe(job.id) as changes:
+            if not replayed:
+                try:
+                    await services.call(broker.publish, job.id, model, payload, batch=batch)
+                except ServiceUnavailable:
+                    # Not accepted: the record must not linger as a job that will never run.
+                    with contextlib.suppress(ServiceUnavailable):
+                        await services.call(store.delete, job.id)
+                    raise
+            if wait_s is not None:
+                job = await services.wait_changes(job, changes, wait_s, owner)
+                headers["Preference-Applied"] = f"wait={wait_s:g}"
         return _job_response(job, 200 if job.status.is_terminal() else 202, **headers)
 
     @v1.get("/v1/jobs", tags=["jobs"])
