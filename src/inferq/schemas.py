@@ -12,7 +12,8 @@ import os
 import re
 import time
 import uuid
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -104,6 +105,18 @@ class Job(BaseModel):
     attempts: int = 0
     duplicate_executions: int = 0
     webhook_attempts: list[WebhookAttempt] = Field(default_factory=list)
+
+
+@dataclass
+class FinishItem:
+    """One terminal write of ``JobStore.finish_many``: the arguments of ``finish``."""
+
+    job_id: str
+    status: JobStatus
+    output: Any = None
+    error: JobError | None = None
+    metrics: JobMetrics | None = None
+    finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class JobPage(BaseModel):

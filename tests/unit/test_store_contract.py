@@ -25,6 +25,7 @@ from inferq.errors import ConfigError, JobConflict, JobNotFound, StoreUnavailabl
 from inferq.queue.sql_store import SqlJobStore, sqlite_events_dir
 from inferq.queue.store import JobEvents, JobStore, create_store
 from inferq.schemas import (
+    FinishItem,
     Job,
     JobError,
     JobMetrics,
@@ -52,6 +53,10 @@ def new_job(model: str = "echo", **fields: Any) -> Job:
     }
     values.update(fields)
     return Job(**values)
+
+
+#: A fixed instant for transitions whose time does not matter to the test.
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def submit(store: JobStore, model: str = "echo", owner: str | None = None, **fields: Any) -> Job:
@@ -289,6 +294,29 @@ class StoreContract:
             store.cancel(job.id)
 
     # --- owners -----------------------------------------------------------------------------
+
+    def test_start_many_starts_queued_and_skips_terminal_and_unknown(
+            self, store: JobStore) -> None:
+        queued, canceled = submit(store, "m0"), submit(store, "m0")
+        store.cancel(canceled.id)
+        started = store.start_many([queued.id, canceled.id, "no-such-job"], "w1", NOW)
+        assert started[0] is not None and started[0].status is JobStatus.RUNNING
+        assert started[0].attempts == 1
+        assert started[1:] == [None, None]
+
+    def test_finish_many_is_first_write_wins_per_job(self, store: JobStore) -> None:
+        a, b = submit(store, "m0"), submit(store, "m0")
+        store.start_many([a.id, b.id], "w1", NOW)
+        assert store.finish(a.id, JobStatus.FAILED, finished_at=NOW)
+        written = store.finish_many([
+            FinishItem(a.id, JobStatus.SUCCEEDED, output={"late": True}, finished_at=NOW),
+            FinishItem(b.id, JobStatus.SUCCEEDED, output={"x": [1.5, []]}, finished_at=NOW),
+            FinishItem("no-such-job", JobStatus.SUCCEEDED, finished_at=NOW),
+        ])
+        assert written == [False, True, None]
+        late = store.get(a.id)
+        assert late.status is JobStatus.FAILED and late.duplicate_executions == 1
+        assert store.get(b.id).output == {"x": [1.5, []]}
 
     def test_owner_of_names_the_submitting_key(self, store: JobStore) -> None:
         mine = submit(store, "m0", owner="key_a")

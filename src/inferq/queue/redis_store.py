@@ -56,9 +56,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from inferq.errors import JobConflict, JobNotFound, StoreUnavailable
-from inferq.queue.store import PENDING_TTL_MARGIN_S, JobEvents, JobStore, as_utc
+from inferq.queue.store import (
+    PENDING_TTL_MARGIN_S,
+    JobEvents,
+    JobStore,
+    as_utc,
+)
 from inferq.schemas import (
     TERMINAL_STATUSES,
+    FinishItem,
     Job,
     JobError,
     JobMetrics,
@@ -343,6 +349,35 @@ class RedisJobStore(JobStore):
         owner = json.loads(raw).get("owner")
         return str(owner) if owner is not None else None
 
+    def _cas_call(
+        self, job_id: str, raw: bytes, record: dict[str, Any], new: dict[str, Any],
+        how: _Write, client: Any = None,
+    ) -> Any:
+        idem = record.get("idempotency_key")
+        ttl_s = how.ttl_s
+        return self._cas(
+            keys=[
+                self._job_key(job_id),
+                self._running_index(),
+                self._active_index(record.get("owner")),
+                idem or self._unused_key(),
+            ],
+            args=[
+                hashlib.sha1(raw).hexdigest(),
+                json.dumps(new),
+                "" if ttl_s is None else ttl_s,
+                self.channel,
+                f"{job_id} {new['status']}" if how.announce else "",
+                job_id,
+                how.running,
+                how.running_score,
+                how.active,
+                time.time() + (ttl_s or 0),
+                "1" if idem else "0",
+            ],
+            client=client,
+        )
+
     def _transition(
         self,
         job_id: str,
@@ -354,7 +389,6 @@ class RedisJobStore(JobStore):
         Returns the record as written (or as found, when nothing was written) and whether
         this call wrote it.
         """
-        key = self._job_key(job_id)
         for _ in range(_MAX_CAS_ATTEMPTS):
             raw = self._read(job_id)
             if raw is None:
@@ -364,39 +398,69 @@ class RedisJobStore(JobStore):
             if decided is None:
                 return record, False
             new, how = decided
-            idem = record.get("idempotency_key")
-            ttl_s = how.ttl_s
             with _unavailable():
-                outcome = self._cas(
-                    keys=[
-                        key,
-                        self._running_index(),
-                        self._active_index(record.get("owner")),
-                        idem or self._unused_key(),
-                    ],
-                    args=[
-                        hashlib.sha1(raw).hexdigest(),
-                        json.dumps(new),
-                        "" if ttl_s is None else ttl_s,
-                        self.channel,
-                        f"{job_id} {new['status']}" if how.announce else "",
-                        job_id,
-                        how.running,
-                        how.running_score,
-                        how.active,
-                        time.time() + (ttl_s or 0),
-                        "1" if idem else "0",
-                    ],
-                )
+                outcome = self._cas_call(job_id, raw, record, new, how)
             if outcome == _WRITTEN:
                 return new, True
             if outcome == _GONE:
                 raise JobNotFound(job_id)
         raise RuntimeError(f"job {job_id!r} kept changing under {_MAX_CAS_ATTEMPTS} updates")
 
+    def _transition_many(
+        self,
+        changes: builtins.list[
+            tuple[str, Callable[[dict[str, Any]], tuple[dict[str, Any], _Write] | None]]
+        ],
+    ) -> builtins.list[tuple[dict[str, Any], bool] | None]:
+        """``_transition`` for many jobs in two round trips (MGET, then one pipeline of
+        compare-and-sets); a job that raced falls back to ``_transition``. None: gone."""
+        if not changes:
+            return []
+        with _unavailable():
+            raws = self._redis.mget([self._job_key(job_id) for job_id, _ in changes])
+        results: builtins.list[tuple[dict[str, Any], bool] | None] = [None] * len(changes)
+        pending: builtins.list[tuple[int, dict[str, Any]]] = []
+        with _unavailable():
+            pipe = self._redis.pipeline(transaction=False)
+            for i, ((job_id, change), raw) in enumerate(zip(changes, raws, strict=True)):
+                if raw is None:
+                    continue
+                record: dict[str, Any] = json.loads(raw)
+                decided = change(record)
+                if decided is None:
+                    results[i] = (record, False)
+                    continue
+                new, how = decided
+                self._cas_call(job_id, cast(bytes, raw), record, new, how, client=pipe)
+                pending.append((i, new))
+            outcomes = pipe.execute() if pending else []
+        for (i, new), outcome in zip(pending, outcomes, strict=True):
+            if outcome == _WRITTEN:
+                results[i] = (new, True)
+            elif outcome != _GONE:  # raced with another writer: do it the careful way
+                job_id, change = changes[i]
+                try:
+                    results[i] = self._transition(job_id, change)
+                except JobNotFound:
+                    results[i] = None
+        return results
+
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None:
         """Mark the job running (from queued, or running on a redelivery); None if terminal."""
+        record, written = self._transition(job_id, self._start_change(worker, started_at))
+        return _job(record) if written else None
 
+    def start_many(
+        self, job_ids: builtins.list[str], worker: str, started_at: datetime
+    ) -> builtins.list[Job | None]:
+        """``start`` for a batch, in two round trips. A job that is gone is None too."""
+        change = self._start_change(worker, started_at)
+        results = self._transition_many([(job_id, change) for job_id in job_ids])
+        return [_job(r[0]) if r is not None and r[1] else None for r in results]
+
+    def _start_change(
+        self, worker: str, started_at: datetime
+    ) -> Callable[[dict[str, Any]], tuple[dict[str, Any], _Write] | None]:
         def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
             if record["status"] not in _ACTIVE:
                 return None
@@ -411,8 +475,7 @@ class RedisJobStore(JobStore):
             )
             return new, how
 
-        record, written = self._transition(job_id, change)
-        return _job(record) if written else None
+        return change
 
     def requeue(self, job_id: str) -> bool:
         """Move a running job back to queued; False if it is not running (or gone)."""
@@ -443,29 +506,44 @@ class RedisJobStore(JobStore):
         A finish after the terminal state only counts a duplicate execution (TTL kept, no
         announcement).
         """
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"finish needs a terminal status, not {status!r}")
-        wrote_terminal = False
+        (result,) = self.finish_many([FinishItem(job_id, status, output=output, error=error,
+                                                 metrics=metrics, finished_at=finished_at)])
+        if result is None:
+            raise JobNotFound(job_id)
+        return result
 
+    def finish_many(self, items: builtins.list[FinishItem]) -> builtins.list[bool | None]:
+        """``finish`` for a batch, in two round trips. None: the job is gone."""
+        for item in items:
+            if item.status not in TERMINAL_STATUSES:
+                raise ValueError(f"finish needs a terminal status, not {item.status!r}")
+        # Each change notes whether it wrote the terminal state or only counted a duplicate
+        # (the last decision counts: a raced compare-and-set decides again).
+        terminal = [False] * len(items)
+        results = self._transition_many(
+            [(item.job_id, self._finish_change(item, terminal, n))
+             for n, item in enumerate(items)])
+        return [None if r is None else r[1] and terminal[n] for n, r in enumerate(results)]
+
+    def _finish_change(
+        self, item: FinishItem, terminal: builtins.list[bool], n: int
+    ) -> Callable[[dict[str, Any]], tuple[dict[str, Any], _Write] | None]:
         def change(record: dict[str, Any]) -> tuple[dict[str, Any], _Write] | None:
-            nonlocal wrote_terminal
-            if record["status"] not in _ACTIVE:
-                wrote_terminal = False
+            terminal[n] = record["status"] in _ACTIVE
+            if not terminal[n]:
                 duplicates = int(record.get("duplicate_executions") or 0) + 1
                 return record | {"duplicate_executions": duplicates}, _Write(None, announce=False)
-            wrote_terminal = True
             new = record | {
-                "status": status.value,
-                "output": to_jsonable_python(output),
-                "error": error.model_dump(mode="json") if error is not None else None,
-                "finished_at": _iso(finished_at),
+                "status": item.status.value,
+                "output": to_jsonable_python(item.output),
+                "error": item.error.model_dump(mode="json") if item.error is not None else None,
+                "finished_at": _iso(item.finished_at),
             }
-            if metrics is not None:
-                new["metrics"] = metrics.model_dump(mode="json")
+            if item.metrics is not None:
+                new["metrics"] = item.metrics.model_dump(mode="json")
             return new, _Write(self.result_ttl_s, running="rem", active="rem")
 
-        self._transition(job_id, change)
-        return wrote_terminal
+        return change
 
     def add_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> None:
         """Append a webhook delivery attempt (the last 50 are kept); the TTL stays as it is."""

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from inferq.schemas import (
+    FinishItem,
     Job,
     JobError,
     JobMetrics,
@@ -87,6 +88,34 @@ class JobStore(ABC):
         or None when it is terminal (canceled before it ran, or already finished by an
         earlier delivery): the worker then skips it. JobNotFound if unknown.
         """
+
+    def start_many(
+        self, job_ids: builtins.list[str], worker: str, started_at: datetime
+    ) -> builtins.list[Job | None]:
+        """``start`` for a batch (a store may do it in fewer round trips); gone → None."""
+        from inferq.errors import JobNotFound
+
+        out: builtins.list[Job | None] = []
+        for job_id in job_ids:
+            try:
+                out.append(self.start(job_id, worker, started_at))
+            except JobNotFound:
+                out.append(None)
+        return out
+
+    def finish_many(self, items: builtins.list[FinishItem]) -> builtins.list[bool | None]:
+        """``finish`` for a batch: whether each wrote the terminal state; gone → None."""
+        from inferq.errors import JobNotFound
+
+        out: builtins.list[bool | None] = []
+        for item in items:
+            try:
+                out.append(self.finish(item.job_id, item.status, output=item.output,
+                                       error=item.error, metrics=item.metrics,
+                                       finished_at=item.finished_at))
+            except JobNotFound:
+                out.append(None)
+        return out
 
     @abstractmethod
     def requeue(self, job_id: str) -> bool:

@@ -31,7 +31,7 @@ from inferq.errors import (
 )
 from inferq.model import Model
 from inferq.registry import ModelSpec
-from inferq.schemas import Job, JobError, JobMetrics, JobStatus
+from inferq.schemas import FinishItem, Job, JobError, JobMetrics, JobStatus
 from inferq.worker.limits import Watchdog, soft_time_limit
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,12 @@ class JobRecorder(Protocol):
     def start(self, job_id: str, worker: str, started_at: datetime) -> Job | None: ...
 
     def requeue(self, job_id: str) -> bool: ...
+
+    def start_many(
+        self, job_ids: list[str], worker: str, started_at: datetime
+    ) -> list[Job | None]: ...
+
+    def finish_many(self, items: list[FinishItem]) -> list[bool | None]: ...
 
     def finish(
         self,
@@ -197,14 +203,12 @@ class WorkerRuntime:
         outcomes: list[Outcome] = []
         jobs: list[Job] = []
         units: list[_Unit] = []
-        for item in items:
-            try:
-                job = self.recorder.start(item.job_id, self.worker_id, started_at)
-            except JobNotFound:
-                log.warning("job %s is not in the store (expired?); skipped", item.job_id)
-                continue
+        # One round trip for the batch where the store can (Redis pipelines it).
+        started = self.recorder.start_many([i.job_id for i in items], self.worker_id,
+                                           started_at)
+        for item, job in zip(items, started, strict=True):
             if job is None:
-                continue  # canceled before it ran, or finished by an earlier delivery
+                continue  # canceled before it ran, finished by an earlier delivery, or gone
             # Retries count as attempts too; beyond them, every delivery that came back
             # without a result means a worker died (or hit the hard limit) running it.
             if job.attempts > spec.max_deliveries + spec.max_retries:
@@ -291,6 +295,7 @@ class WorkerRuntime:
     ) -> list[Outcome]:
         finished_at = _now()
         outcomes: list[Outcome] = []
+        writes: list[FinishItem] = []
         by_job: dict[int, list[_Unit]] = {}
         for u in units:
             by_job.setdefault(u.job, []).append(u)
@@ -315,14 +320,17 @@ class WorkerRuntime:
                 if batch:
                     error = JobError(type=error.type,
                                      message=f"inputs[{failed.index}]: {error.message}")
-                self._finish(job.id, JobStatus.FAILED, error=error, metrics=metrics,
-                             finished_at=finished_at)
+                writes.append(FinishItem(job.id, JobStatus.FAILED, error=error, metrics=metrics,
+                                         finished_at=finished_at))
                 outcomes.append(Outcome(job.id, JobStatus.FAILED, error, job))
                 continue
             output = [u.output for u in mine] if batch else mine[0].output
-            self._finish(job.id, JobStatus.SUCCEEDED, output=output, metrics=metrics,
-                         finished_at=finished_at)
+            writes.append(FinishItem(job.id, JobStatus.SUCCEEDED, output=output,
+                                     metrics=metrics, finished_at=finished_at))
             outcomes.append(Outcome(job.id, JobStatus.SUCCEEDED, None, job))
+        for item, written in zip(writes, self.recorder.finish_many(writes), strict=True):
+            if written is None:
+                log.warning("job %s vanished from the store before it finished", item.job_id)
         return outcomes
 
     @staticmethod
