@@ -16,6 +16,7 @@ serve: $(STAMP)  ## run the API and a worker, embedded (no servers needed)
 	$(BIN)/inferq serve
 
 test: $(STAMP)  ## run every test (integration tests need RabbitMQ, Redis, PostgreSQL)
+	sh scripts/ensure_browser.sh
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)
