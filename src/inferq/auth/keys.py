@@ -27,7 +27,6 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -42,7 +41,6 @@ _KEY_BYTES = 32
 _WEBHOOK_SECRET_BYTES = 24
 #: Seconds to connect to a store; one that takes longer is "down".
 _CONNECT_TIMEOUT_S = 2
-_SQLITE_BUSY_TIMEOUT_MS = 5000
 
 
 class AmbiguousKey(ValueError):
@@ -256,38 +254,10 @@ class RedisKeyStore(KeyStore):
 
 
 def sql_engine(url: str) -> Any:
-    """An SQLAlchemy engine for ``url`` set up like the SQL job store's.
+    """An SQLAlchemy engine for ``url`` set up like the SQL job store's."""
+    from inferq.queue.sql_store import create_sql_engine
 
-    ``postgresql://`` gets the psycopg 3 driver and a connect timeout; SQLite gets WAL and a
-    busy timeout, so the API can read while ``inferq keys`` (another process) writes.
-    """
-    from sqlalchemy import create_engine, event
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres"):
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        connect_args: dict[str, Any] = {}
-        if "connect_timeout" not in parsed.query:
-            connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-    if backend != "sqlite":
-        raise ConfigError(f"unsupported SQL store {parsed.drivername!r}")
-    if parsed.database in (None, "", ":memory:"):
-        raise ConfigError("an SQLite store needs a file (sqlite:///path/jobs.sqlite)")
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-    @event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.close()
-
-    return engine
+    return create_sql_engine(url)
 
 
 @contextlib.contextmanager

@@ -218,6 +218,51 @@ def sqlite_events_dir(database: Path) -> Path:
     return folder
 
 
+def normalise_url(url: URL) -> URL:
+    """``postgresql://`` with the psycopg 3 driver; an SQLite URL must name a file."""
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        return url
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise ConfigError(
+                "an SQLite store needs a file (sqlite:///path/jobs.sqlite): API and workers "
+                "share it across processes"
+            )
+        return url
+    raise ConfigError(f"unsupported SQL store {url.drivername!r}")
+
+
+def create_sql_engine(url: str | URL) -> Engine:
+    """An engine for inferq's SQL stores (jobs, keys, rate limits, webhook schedule).
+
+    PostgreSQL: psycopg 3, pre-ping, a short connect timeout. SQLite: WAL, so the API
+    reads while a worker writes, and a busy timeout, so a second writer waits for the
+    lock instead of failing at once.
+    """
+    url = normalise_url(make_url(url) if isinstance(url, str) else url)
+    if url.get_backend_name() == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    assert url.database is not None
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
 class SqlJobStore(JobStore):
     """Jobs in an SQL database through SQLAlchemy Core."""
 
@@ -243,43 +288,13 @@ class SqlJobStore(JobStore):
         return self._url.get_backend_name() == "postgresql"
 
     def _normalise(self, url: URL) -> URL:
-        backend = url.get_backend_name()
-        if backend in ("postgresql", "postgres"):
-            if url.drivername in ("postgresql", "postgres"):
-                url = url.set(drivername="postgresql+psycopg")
-            if len(self.channel.encode()) > _PG_NAME_MAX:
-                raise ConfigError(f"namespace {self.namespace!r} is too long for PostgreSQL")
-            return url
-        if backend == "sqlite":
-            if url.database in (None, "", ":memory:"):
-                raise ConfigError(
-                    "the SQLite job store needs a file (sqlite:///path/jobs.db): API and "
-                    "workers share it across processes"
-                )
-            return url
-        raise ConfigError(f"unsupported SQL job store {url.drivername!r}")
+        url = normalise_url(url)
+        if url.get_backend_name() == "postgresql" and len(self.channel.encode()) > _PG_NAME_MAX:
+            raise ConfigError(f"namespace {self.namespace!r} is too long for PostgreSQL")
+        return url
 
     def _make_engine(self, url: URL) -> Engine:
-        if self.is_postgres:
-            connect_args: dict[str, Any] = {}
-            if "connect_timeout" not in url.query:
-                connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
-            return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-        assert url.database is not None
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets the API read while a worker writes; the busy timeout makes a second
-            # writer wait for the lock instead of failing at once.
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
+        return create_sql_engine(url)
 
     @contextlib.contextmanager
     def _unavailable(self) -> Iterator[None]:

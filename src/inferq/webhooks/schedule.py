@@ -27,7 +27,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,9 +40,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -213,11 +210,9 @@ class SqlRetrySchedule(RetrySchedule):
     """The schedule as a table ``{ns}_webhook_due`` (PostgreSQL or SQLite)."""
 
     def __init__(self, url: str, namespace: str) -> None:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-        self.is_postgres = backend in ("postgresql", "postgres")
-        if self.is_postgres and parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
+        from inferq.queue.sql_store import create_sql_engine
+
+        self.is_postgres = make_url(url).get_backend_name() in ("postgresql", "postgres")
         self._metadata = MetaData()
         self.table = Table(
             f"{namespace}_webhook_due",
@@ -229,25 +224,7 @@ class SqlRetrySchedule(RetrySchedule):
             Column("delivery", Text, nullable=False),
             Index(f"{namespace}_webhook_due_due", "due"),
         )
-        if self.is_postgres:
-            args: dict[str, Any] = {}
-            if "connect_timeout" not in parsed.query:
-                args["connect_timeout"] = 2
-            self._engine = create_engine(parsed, pool_pre_ping=True, connect_args=args)
-        elif backend == "sqlite":
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = create_engine(parsed, connect_args={"timeout": 5.0})
-
-            @event.listens_for(self._engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                # WAL and a busy timeout, as the SQLite job store: writers wait, not fail.
-                cursor = dbapi_conn.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA busy_timeout=5000")
-                cursor.close()
-        else:
-            raise ConfigError(f"unsupported webhook schedule URL {url!r}")
+        self._engine = create_sql_engine(url)
         self._ready = False
         self._ready_lock = threading.Lock()
 
