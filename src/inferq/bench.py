@@ -25,6 +25,7 @@ report the same keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -49,6 +50,8 @@ __all__ = ["Outcome", "percentile", "latency_summary", "run_bench", "arun_bench"
 
 #: The most connections the bench client opens; an open loop against a saturated
 #: service would otherwise open one per outstanding job without bound.
+#: Connections per httpx pool when the load generator shards its clients.
+CONNECTIONS_PER_SHARD = 4
 MAX_CONNECTIONS = 1000
 
 
@@ -257,22 +260,33 @@ async def arun_bench(
     if not inputs:
         raise ValueError("give at least one input")
     concurrency, rate = _mode(concurrency, rate)
-    if transport is None:
-        limit = MAX_CONNECTIONS if rate is not None else max(concurrency or 1, 10)
-        transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-        )
+    if transport is not None:
+        transports: list[httpx.AsyncBaseTransport] = [transport]
+    else:
+        # httpcore scans its whole pool on every request: with one pool of 64 connections
+        # the load generator, not the service, ran out of CPU first. Small pools, sharded.
+        total = MAX_CONNECTIONS if rate is not None else max(concurrency or 1, 1)
+        shards = max(1, -(-total // CONNECTIONS_PER_SHARD))
+        per_shard = -(-total // shards) + 1
+        transports = [
+            httpx.AsyncHTTPTransport(limits=httpx.Limits(
+                max_connections=per_shard, max_keepalive_connections=per_shard))
+            for _ in range(shards)
+        ]
 
-    async with AsyncClient(url, transport=transport) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(AsyncClient(url, transport=t))
+                   for t in transports]
 
         async def one_job(i: int) -> Outcome:
+            client = clients[i % len(clients)]
             deadline = time.monotonic() + wait_s
             job = await client.submit(model, inputs[i % len(inputs)], wait=wait_s)
             if not job.status.is_terminal():
                 job = await client.wait(job.id, timeout=max(0.0, deadline - time.monotonic()))
             return Outcome(job.status.value, job.metrics.batch_size)
 
-        config = {"url": client.base_url, "model": model, "inputs": len(inputs),
+        config = {"url": clients[0].base_url, "model": model, "inputs": len(inputs),
                   "wait_s": wait_s}
         return await run_load(one_job, jobs=jobs, concurrency=concurrency, rate=rate,
                               progress=progress, config=config)
