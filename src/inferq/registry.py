@@ -22,6 +22,7 @@ class must be cheap: heavy imports belong in ``setup()``/``predict()``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import tomllib
@@ -56,6 +57,16 @@ class ModelSpec:
     def description(self) -> str:
         """The model's one-line description."""
         return self.cls.description
+
+    @functools.cached_property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one input item (computed once: requests read it)."""
+        return self.cls.Input.model_json_schema()
+
+    @functools.cached_property
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON Schema of one output item."""
+        return self.cls.Output.model_json_schema()
 
     @property
     def input_type(self) -> type[BaseModel]:

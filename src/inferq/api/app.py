@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inferq.api import problems
 from inferq.api.access import Admission, Authenticator, Owner, auth_enabled, authenticate
-from inferq.api.inputs import read_submission, request_hash, summarize
+from inferq.api.inputs import Submission, read_submission, request_hash, summarize
 from inferq.api.limits import BodyLimitMiddleware, check_images
 from inferq.auth.keys import KeyStore, create_key_store
 from inferq.auth.ratelimit import RateLimiter, create_rate_limiter
@@ -108,8 +108,8 @@ def _model_info(services: Services, spec: ModelSpec, online: int) -> ModelInfo:
     return ModelInfo(
         name=spec.name,
         description=spec.description,
-        input_schema=spec.input_type.model_json_schema(),
-        output_schema=spec.output_type.model_json_schema(),
+        input_schema=spec.input_schema,
+        output_schema=spec.output_schema,
         max_batch_size=spec.max_batch_size,
         batch_timeout_s=spec.batch_timeout_s,
         workers_online=online,
@@ -249,12 +249,6 @@ def create_app(
             webhook_allow_nets=settings.webhook_allow_nets,
         )
         batch = sub.inputs is not None
-        # Decoding image headers costs CPU: off the event loop.
-        if batch:
-            for i, item in enumerate(sub.inputs or []):
-                await services.call(check_images, item, ("inputs", i), settings.max_image_pixels)
-        else:
-            await services.call(check_images, sub.input, ("input",), settings.max_image_pixels)
         summary = ({"inputs": summarize(sub.inputs), "count": len(sub.inputs or [])}
                    if batch else summarize(sub.input))
         job = Job(
@@ -264,34 +258,26 @@ def create_app(
         )
         payload: Any = ([i.model_dump(mode="json") for i in sub.inputs or []] if batch
                         else sub.input.model_dump(mode="json") if sub.input else {})
-        if idempotency_key is None:
-            created = await services.call(store.create, job, owner)
-        else:
-            digest = request_hash(model, payload, batch, job.webhook, list(job.webhook_events))
-            created = await services.call(store.create, job, owner,
-                                          idempotency_key=idempotency_key,
-                                          request_hash=digest)
-        replayed = created.id != job.id
-        job = created
-        headers = {"Location": f"/v1/jobs/{job.id}"}
-        if replayed:
-            headers["Idempotent-Replayed"] = "true"
+        digest = (None if idempotency_key is None else
+                  request_hash(model, payload, batch, job.webhook, list(job.webhook_events)))
         wait_s = _prefer_wait(request.headers.get("prefer"), settings.max_wait_s)
         assert services.events is not None
         # Subscribed before publishing, so no announcement can be missed and the job needs
         # no second read while it is known to be queued.
         async with services.events.subscribe(job.id) as changes:
-            if not replayed:
-                try:
-                    await services.call(broker.publish, job.id, model, payload, batch=batch)
-                except ServiceUnavailable:
-                    # Not accepted: the record must not linger as a job that will never run.
-                    with contextlib.suppress(ServiceUnavailable):
-                        await services.call(store.delete, job.id)
-                    raise
-            if wait_s is not None:
+            # One trip to the thread pool for everything blocking: each trip costs a
+            # thread hand-off, which at low load was a good part of a job's latency.
+            job, replayed = await services.call(
+                _accept, services, sub, job, payload, owner, idempotency_key, digest)
+            if wait_s is not None and not replayed:
                 job = await services.wait_changes(job, changes, wait_s, owner)
-                headers["Preference-Applied"] = f"wait={wait_s:g}"
+        if wait_s is not None and replayed:  # the earlier job: its own subscription
+            job = await services.wait_terminal(job.id, wait_s, owner)
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        if wait_s is not None:
+            headers["Preference-Applied"] = f"wait={wait_s:g}"
         return _job_response(job, 200 if job.status.is_terminal() else 202, **headers)
 
     @v1.get("/v1/jobs", tags=["jobs"])
@@ -362,6 +348,36 @@ def create_app(
             return Response(status_code=307, headers={"Location": "/ui/"})
 
     return app
+
+
+def _accept(
+    services: Services, sub: Submission, job: Job, payload: Any, owner: str | None,
+    idempotency_key: str | None, digest: str | None,
+) -> tuple[Job, bool]:
+    """Check the images, write the job, publish it: ``(job, replayed)``. Blocking.
+
+    A replayed Idempotency-Key returns the earlier job, published already. If the broker
+    refuses the job, its record is removed again and BrokerUnavailable propagates: a job
+    is accepted only once both hold it.
+    """
+    settings = services.settings
+    if sub.inputs is not None:
+        for i, item in enumerate(sub.inputs):
+            check_images(item, ("inputs", i), settings.max_image_pixels)
+    elif sub.input is not None:
+        check_images(sub.input, ("input",), settings.max_image_pixels)
+    created = services.store.create(job, owner, idempotency_key=idempotency_key,
+                                    request_hash=digest)
+    if created.id != job.id:
+        return created, True
+    try:
+        services.broker.publish(job.id, job.model, payload, batch=sub.inputs is not None)
+    except ServiceUnavailable:
+        # Not accepted: the record must not linger as a job that will never run.
+        with contextlib.suppress(ServiceUnavailable):
+            services.store.delete(job.id)
+        raise
+    return created, False
 
 
 def _idempotency_key(header: str | None) -> str | None:

@@ -165,7 +165,7 @@ async def read_submission(
 
 async def _read_multipart(request: Request, spec: ModelSpec, max_json_depth: int,
                           allow_nets: str) -> Submission:
-    properties = spec.input_type.model_json_schema().get("properties", {})
+    properties = spec.input_schema.get("properties", {})
     try:
         form = await request.form(max_files=32, max_fields=256)
     except Exception as exc:  # noqa: BLE001 - the multipart parser raises several types
