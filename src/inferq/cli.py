@@ -109,6 +109,8 @@ def serve(
         "INFERQ_BLOB_URL": settings.blob_url,
         "INFERQ_NAMESPACE": settings.namespace,
         "INFERQ_AUTH": settings.auth,
+        # serve's children end with it, even if serve is killed without a chance to stop them.
+        "INFERQ_DIE_WITH_PARENT": "1",
     }
     if settings.config_file is not None:
         env["INFERQ_CONFIG_FILE"] = str(Path(settings.config_file).resolve())
@@ -235,6 +237,10 @@ def webhooks(loglevel: Annotated[str, typer.Option()] = "info") -> None:
     from inferq.webhooks.sender import run_webhook_sender, server_secret
 
     _setup_logging(loglevel)
+    if os.environ.get("INFERQ_DIE_WITH_PARENT") == "1":
+        from inferq.queue.worker_main import die_with_parent
+
+        die_with_parent()
     settings = Settings()
     keys = create_key_store(settings.result_url, settings.namespace)
     fallback = server_secret(settings)
