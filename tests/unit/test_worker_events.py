@@ -133,3 +133,28 @@ def test_events_reach_a_receiver_in_memory(tmp_path: Path) -> None:
     ]
     assert state.workers[hostname].alive
     assert state.tasks["j1"].state == "SUCCESS"
+
+
+def test_background_events_keep_their_order_and_leave_the_caller_at_once() -> None:
+    from inferq.queue.monitor import BackgroundEvents
+
+    sent: list[tuple[str, str]] = []
+
+    class Recording(WorkerEvents):
+        def started(self, job_id: str) -> None:
+            time.sleep(0.05)  # a slow broker: the caller must not wait for it
+            sent.append(("started", job_id))
+
+        def succeeded(self, job_id: str, runtime_s: float, result: Any = None) -> None:
+            sent.append(("succeeded", job_id))
+
+    inner = Recording(enabled=False)
+    inner.enabled = True  # send through the overrides above, no broker needed
+    events = BackgroundEvents(inner)
+    t0 = time.monotonic()
+    for i in range(5):
+        events.started(f"j{i}")
+        events.succeeded(f"j{i}", 0.01)
+    assert time.monotonic() - t0 < 0.05
+    events.close()
+    assert sent == [(kind, f"j{i}") for i in range(5) for kind in ("started", "succeeded")]

@@ -38,7 +38,7 @@ from kombu import Connection, Message, Queue  # type: ignore[attr-defined]
 
 from inferq.errors import StoreUnavailable
 from inferq.queue.celery_app import PREDICT_TASK
-from inferq.queue.monitor import WorkerEvents
+from inferq.queue.monitor import BackgroundEvents, WorkerEvents
 from inferq.registry import ModelSpec
 from inferq.schemas import Job, JobStatus
 from inferq.worker.batcher import Batcher
@@ -109,7 +109,7 @@ class BatchingConsumer:
         transport_options: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[str, int], None] | None = None,
-        events: WorkerEvents | None = None,
+        events: WorkerEvents | BackgroundEvents | None = None,
         webhooks: WebhookSink | None = None,
     ) -> None:
         self.broker_url = broker_url
@@ -125,7 +125,7 @@ class BatchingConsumer:
             name: Batcher(s.max_batch_size, s.batch_timeout_s, clock)
             for name, s in specs.items()
         }
-        self.events = events or WorkerEvents(enabled=False)
+        self.events: WorkerEvents | BackgroundEvents = events or WorkerEvents(enabled=False)
         self.webhooks = webhooks
         #: Redelivered messages, each to be run alone.
         self.suspects: list[tuple[str, Delivery]] = []

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import queue
 import socket
 import threading
 import time
@@ -318,3 +319,47 @@ def _release(conn: Any) -> None:
         conn.release()
     except Exception as exc:  # noqa: BLE001 - a dead connection may fail to close
         log.debug("releasing the events connection: %r", exc)
+
+
+class BackgroundEvents:
+    """``WorkerEvents`` whose task events are sent from a thread of their own.
+
+    A send is a network write; done inline, three of them per job sat on the path from a
+    message's arrival to its result. Here the consume loop only queues them, in order.
+    Heartbeats pass straight through (they come from the heartbeat thread already).
+    """
+
+    _QUEUED = frozenset({"online", "offline", "received", "started", "succeeded", "failed",
+                         "revoked"})
+
+    def __init__(self, events: WorkerEvents) -> None:
+        self._events = events
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any] | None, Any, Any]] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name="inferq-events", daemon=True)
+        if events.enabled:
+            self._thread.start()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._events, name)
+        if name in self._QUEUED and self._events.enabled:
+
+            def enqueue(*args: Any, **kwargs: Any) -> None:
+                self._queue.put((attr, args, kwargs))
+
+            return enqueue
+        return attr
+
+    def _run(self) -> None:
+        while True:
+            fn, args, kwargs = self._queue.get()
+            if fn is None:
+                return
+            fn(*args, **kwargs)  # WorkerEvents never raises
+
+    def close(self) -> None:
+        """Send what is queued (a few seconds at most), then close the connection."""
+        if self._thread.is_alive():
+            self._queue.put((None, (), {}))
+            self._thread.join(5.0)
+        self._events.close()

@@ -29,7 +29,7 @@ from inferq.queue.celery_app import (
     transport_options,
 )
 from inferq.queue.consumer import BatchingConsumer, WebhookSink
-from inferq.queue.monitor import WorkerEvents
+from inferq.queue.monitor import BackgroundEvents, WorkerEvents
 from inferq.queue.store import JobStore, create_store
 from inferq.registry import ModelSpec
 from inferq.schemas import JobError, JobStatus, WorkerInfo
@@ -70,7 +70,8 @@ def reap(store: JobStore, specs: dict[str, ModelSpec], now: datetime) -> int:
 
 
 def _background(
-    store: JobStore, specs: dict[str, ModelSpec], info: WorkerInfo, events: WorkerEvents,
+    store: JobStore, specs: dict[str, ModelSpec], info: WorkerInfo,
+    events: WorkerEvents | BackgroundEvents,
     every_s: float, stop: threading.Event,
 ) -> None:
     last_reap = 0.0
@@ -128,7 +129,7 @@ def run_worker(settings: Settings, specs: dict[str, ModelSpec], *, device: str =
     runtime.setup()  # before consuming: the first job must not pay for loading
     if is_rabbitmq(settings.broker_url):
         declare_dead_letters(settings)
-    events = WorkerEvents.for_settings(settings, list(specs))
+    events = BackgroundEvents(WorkerEvents.for_settings(settings, list(specs)))
     consumer = BatchingConsumer(
         settings.broker_url,
         {m: model_queue(settings.namespace, m, settings.broker_url) for m in specs},
