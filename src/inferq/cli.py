@@ -258,6 +258,17 @@ def _client(url: str | None) -> Any:
     return Client(base_url=url) if url else Client()
 
 
+def _input_option(value: str | None) -> dict[str, Any]:
+    """``--input``: a JSON object, or exit 2 saying what is wrong with it."""
+    try:
+        data = json.loads(value) if value else {}
+    except ValueError as exc:
+        raise _fail(f"--input is not JSON: {exc}", 2) from exc
+    if not isinstance(data, dict):
+        raise _fail("--input must be a JSON object", 2)
+    return data
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -282,12 +293,7 @@ def submit(
     """Submit a job. Prints its id, or with --wait its output (exit 1 if it failed)."""
     from inferq.errors import InferqError
 
-    try:
-        data: dict[str, Any] = json.loads(input) if input else {}
-    except ValueError as exc:
-        raise _fail(f"--input is not JSON: {exc}", 2) from exc
-    if not isinstance(data, dict):
-        raise _fail("--input must be a JSON object", 2)
+    data = _input_option(input)
     try:
         with _client(url) as client:
             for spec in file or []:
@@ -422,12 +428,7 @@ def bench(
     from inferq.bench import run_bench
     from inferq.errors import InferqError
 
-    try:
-        base: dict[str, Any] = json.loads(input) if input else {}
-    except ValueError as exc:
-        raise _fail(f"--input is not JSON: {exc}", 2) from exc
-    if not isinstance(base, dict):
-        raise _fail("--input must be a JSON object", 2)
+    base = _input_option(input)
     if concurrency is not None and rate is not None:
         raise _fail("give --concurrency (closed loop) or --rate (open loop), not both", 2)
     specs = list(file or [])
