@@ -131,3 +131,17 @@ def test_pickled_message_is_rejected_never_loaded(settings: Settings, store: Job
 def test_malformed_task_messages_are_refused(body: object, headers: dict) -> None:
     with pytest.raises(ValueError):
         parse_task(body, headers)
+
+
+def test_a_retryable_failure_is_held_then_run_again(settings: Settings, store: JobStore,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAKY_DIR", str(tmp_path / "flaky"))
+    monkeypatch.setattr("inferq.queue.consumer.retry_backoff_s", lambda attempts: 0.2)
+    job_id = submit(settings, store, "flaky", {"text": "once", "fail_times": 1})
+    with Running(settings, store, ["flaky"]) as running:
+        (job,) = wait_terminal(store, [job_id])
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.output == {"text": "once", "tries": 2}
+    assert job.attempts == 2
+    assert running.batches == [("flaky", 1), ("flaky", 1)]
