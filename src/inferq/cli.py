@@ -51,6 +51,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _server_settings(port: int | None, host: str | None) -> Any:
+    """Settings from the environment, with ``--port``/``--host`` over them when given."""
+    from inferq.config import Settings
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("port", port), ("host", host)) if v is not None
+    }
+    return Settings(**overrides)
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -82,17 +92,11 @@ def serve(
     import uvicorn
 
     from inferq.api import create_app
-    from inferq.config import Settings
     from inferq.errors import InferqError
     from inferq.registry import discover, select
 
     _setup_logging(loglevel)
-    overrides: dict[str, Any] = {}
-    if port is not None:
-        overrides["port"] = port
-    if host is not None:
-        overrides["host"] = host
-    settings = Settings(**overrides)
+    settings = _server_settings(port, host)
     if "INFERQ_AUTH" not in os.environ and _is_loopback(settings.host):
         # The one-command embedded service on this machine runs open, and says so below.
         settings.auth = "off"
@@ -182,15 +186,9 @@ def api(
     import uvicorn
 
     from inferq.api import create_app
-    from inferq.config import Settings
 
     _setup_logging(loglevel)
-    overrides: dict[str, Any] = {}
-    if port is not None:
-        overrides["port"] = port
-    if host is not None:
-        overrides["host"] = host
-    settings = Settings(**overrides)
+    settings = _server_settings(port, host)
     typer.echo(f"inferq API at http://{settings.host}:{settings.port}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=loglevel.lower(), timeout_graceful_shutdown=5)

@@ -807,7 +807,6 @@ class RedisJobEvents(JobEvents):
         super().__init__()
         self._url = url
         self._channel = channel
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Subscribe; returns once Redis confirmed it. StoreUnavailable if it cannot."""
@@ -816,11 +815,7 @@ class RedisJobEvents(JobEvents):
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop_task()
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         client = aioredis.Redis.from_url(

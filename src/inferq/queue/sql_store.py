@@ -787,7 +787,6 @@ class PgJobEvents(JobEvents):
         super().__init__()
         self._conninfo = conninfo
         self._channel = channel
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """LISTEN; returns once PostgreSQL has registered it. StoreUnavailable if it cannot."""
@@ -796,11 +795,7 @@ class PgJobEvents(JobEvents):
 
     async def stop(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop_task()
 
     async def _listen(self) -> psycopg.AsyncConnection[Any]:
         try:

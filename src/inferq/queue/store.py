@@ -208,6 +208,16 @@ class JobEvents(ABC):
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Queue[str]]] = {}
+        #: The listening task of implementations that run one.
+        self._task: asyncio.Task[None] | None = None
+
+    async def _stop_task(self) -> None:
+        """Cancel the listening task, if any, and wait for it to end."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     @abstractmethod
     async def start(self) -> None:
