@@ -42,6 +42,7 @@ async def _submit_many(url: str, n: int, tag: str, deadline: float
     ids: list[str] = []
     done_at: list[float] = []
     others: dict[int, int] = {}
+    retried = [0]
     counter = iter(range(n))
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
@@ -50,8 +51,18 @@ async def _submit_many(url: str, n: int, tag: str, deadline: float
             for i in counter:
                 if time.monotonic() > deadline:
                     return
-                r = await http.post(f"/v1/models/{MODEL}/jobs",
-                                    json={"input": {"text": f"{tag}{i}"}})
+                # A connection the server dropped may or may not have carried the job:
+                # a client retries with the same Idempotency-Key, which cannot make two.
+                for attempt in range(3):
+                    try:
+                        r = await http.post(f"/v1/models/{MODEL}/jobs",
+                                            json={"input": {"text": f"{tag}{i}"}},
+                                            headers={"Idempotency-Key": f"{tag}{i}"})
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                        retried[0] += 1
                 if r.status_code == 202:
                     ids.append(r.json()["id"])
                     done_at.append(time.monotonic())
@@ -59,6 +70,9 @@ async def _submit_many(url: str, n: int, tag: str, deadline: float
                     others[r.status_code] = others.get(r.status_code, 0) + 1
 
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    if retried[0]:
+        print(f"\n[chaos backlog] {retried[0]} submits retried after a dropped connection",
+              flush=True)
     return ids, done_at, others
 
 
